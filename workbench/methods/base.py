@@ -1,0 +1,159 @@
+"""The small base every SSL method builds on, the method registry, and cross-rank gathering.
+
+A method owns a backbone (the encoder that evaluation reads) plus its heads and teachers, and turns a
+batch of augmented views into a loss. The engine (workbench.train) owns everything else: optimizer,
+schedules, precision, devices, checkpoints. Methods never loop over samples.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from workbench.config import ConfigError, from_dict
+from workbench.models.backbones import Backbone
+
+
+@dataclass
+class Progress:
+    """Where training is: ``step`` of ``total_steps`` (0-based), ``epoch`` of ``total_epochs``.
+
+    ``fraction`` in [0, 1] drives schedules (EMA momentum, DINO teacher temperature); ``generator`` is the
+    engine's seeded torch.Generator on the training device, for masks drawn inside a step.
+    """
+
+    step: int = 0
+    total_steps: int = 1
+    epoch: int = 0
+    total_epochs: int = 1
+    steps_per_epoch: int = 1
+    generator: torch.Generator | None = None
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / max(1, self.total_steps))
+
+
+@dataclass
+class Batch:
+    """One training batch: ``views`` float [B, C, h, w] each (normalised), ``num_global`` large crops first
+    (DINO/SwAV multi-crop put local crops after them); ``images`` the un-augmented uint8 source [B, C, H, W]."""
+
+    views: list[torch.Tensor]
+    num_global: int = 2
+    images: torch.Tensor | None = None
+
+
+@dataclass
+class StepOutput:
+    """What a training step returns: the scalar ``loss`` to minimise; ``features`` = backbone features of the
+    first view [B, D] (detached; the engine's RankMe / collapse monitors read them); ``logs`` = extra scalars."""
+
+    loss: torch.Tensor
+    features: torch.Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class Method(nn.Module):
+    """Base class. Subclasses set ``name``, ``Config`` (a dataclass of hyper-parameters with paper defaults),
+    ``preset`` (default augmentation preset), ``recipe`` (default optimizer settings for TrainConfig fields
+    left unset), and implement ``training_step``; those with teachers implement ``update_teacher``."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = object
+    preset: ClassVar[str] = "simclr"
+    recipe: ClassVar[dict[str, Any]] = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-6, "warmup_epochs": 10}
+    requires_vit: ClassVar[bool] = False
+    min_batch_size: ClassVar[int] = 2
+    sync_batchnorm: ClassVar[bool] = True
+
+    def __init__(self, backbone: Backbone, config: Any):
+        super().__init__()
+        if self.requires_vit and getattr(backbone, "kind", "cnn") != "vit":
+            raise ConfigError(f"method {self.name!r} needs a ViT backbone (vit_tiny, vit_small), got a "
+                              f"{type(backbone).__name__}; pass backbone='vit_tiny' or choose a joint-embedding method")
+        self.backbone = backbone
+        self.config = config
+
+    def training_step(self, batch: Batch, progress: Progress) -> StepOutput:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def update_teacher(self, progress: Progress) -> None:
+        """Called by the engine after each optimizer step (EMA teachers override this)."""
+
+    def teacher_modules(self) -> list[nn.Module]:
+        """Modules updated without gradients (excluded from the optimizer)."""
+        return []
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * student, parameters and buffers (BN stats copied)."""
+    t_params, s_params = list(teacher.parameters()), list(student.parameters())
+    torch._foreach_mul_(t_params, momentum)
+    torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
+    for tb, sb in zip(teacher.buffers(), student.buffers()):
+        tb.copy_(sb)
+
+
+def cosine_momentum(base: float, progress: Progress, final: float = 1.0) -> float:
+    """BYOL's schedule: base -> final along a half cosine over training."""
+    import math
+
+    return final - (final - base) * (math.cos(math.pi * progress.fraction) + 1) / 2
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``x`` [B, ...] from all ranks along dim 0, keeping gradients (identity on one process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        import torch.distributed.nn.functional as dist_fn
+
+        return torch.cat(dist_fn.all_gather(x), dim=0)
+    return x
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method to the registry under ``cls.name``."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def known_methods() -> list[str]:
+    return sorted(METHODS)
+
+
+def method_class(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; known methods: {known_methods()}")
+    return METHODS[name]
+
+
+def make_method_config(name: str, options: dict[str, Any] | None = None) -> Any:
+    """The method's Config dataclass with ``options`` applied (unknown option -> error listing the known)."""
+    cls = method_class(name)
+    try:
+        return from_dict(cls.Config, dict(options or {}))
+    except ConfigError as e:
+        known = [f.name for f in dataclasses.fields(cls.Config)]
+        raise ConfigError(f"method {name!r}: {e} (options of {name}: {known})") from None
+
+
+def build_method(name: str, backbone: Backbone, options: dict[str, Any] | None = None) -> Method:
+    """Instantiate method ``name`` around ``backbone`` with hyper-parameter ``options``."""
+    return method_class(name)(backbone, make_method_config(name, options))
