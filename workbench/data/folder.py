@@ -1,0 +1,118 @@
+"""``folder``: a directory of images, with class subfolders (``root/<class>/**/*.png``) or flat (unlabelled).
+
+Each image is centre-cropped to a square and resized to ``size`` px. Files that cannot be decoded are
+listed together in one :class:`CorruptImagesError` (or skipped, and returned in ``dataset.skipped``, when
+the caller passes ``skip_corrupt=True``); nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from workbench.data.base import ImageDataset, check_size, register
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+class CorruptImagesError(ValueError):
+    """Some image files could not be decoded; ``files`` holds (path, reason) for each."""
+
+    def __init__(self, files: list[tuple[str, str]]):
+        self.files = files
+        shown = "\n  ".join(f"{p}: {why}" for p, why in files[:20])
+        more = f"\n  ... and {len(files) - 20} more" if len(files) > 20 else ""
+        super().__init__(f"{len(files)} image file(s) could not be read:\n  {shown}{more}\n"
+                         "Fix or remove them, or pass skip_corrupt=True to leave them out (they are then listed in "
+                         "dataset.skipped).")
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+def _images_under(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursively, hidden entries skipped), sorted."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / f for f in filenames
+                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(found)
+
+
+def _decode(path: Path, size: int, mode: str) -> np.ndarray | str:
+    """[H, W, C] uint8 array (centre square, resized), or the reason the file cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = im.convert(mode)
+            w, h = im.size
+            side = min(w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            im = im.crop((left, top, left + side, top + side))
+            if side != size:
+                im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+            arr = np.asarray(im, dtype=np.uint8)
+    except Exception as e:                       # PIL raises many types for bad files; report them all
+        return f"{type(e).__name__}: {e}"
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+@register("folder")
+def load_folder(split: str = "train", *, root: str | Path | None = None, size: int = 64, channels: int = 3,
+                test_fraction: float | None = None, seed: int = 0, skip_corrupt: bool = False,
+                workers: int = 8) -> ImageDataset:
+    """Images under ``root`` as uint8 [N, channels, size, size].
+
+    Class subfolders give labels (sorted folder names); a flat folder gives labels -1. Without
+    ``test_fraction`` every split is the whole folder; with it, a seeded shuffle puts that share in 'test'.
+    """
+    if root is None:
+        raise ValueError("'folder' needs root=<directory of images> (got root=None)")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"'folder': root={str(root)!r} is not a directory")
+    check_size("folder", size)
+    if channels not in (1, 3):
+        raise ValueError(f"'folder': channels={channels!r} is not supported; use 1 (grey) or 3 (RGB)")
+    if test_fraction is not None and not (isinstance(test_fraction, (int, float)) and 0 < test_fraction < 1):
+        raise ValueError(f"'folder': test_fraction={test_fraction!r} must be a number in (0, 1), or None to use "
+                         "every image in both splits")
+    entries = sorted(p for p in root.iterdir() if _visible(p))
+    class_dirs = [p for p in entries if p.is_dir() and _images_under(p)]
+    top_files = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    if class_dirs and top_files:
+        raise ValueError(f"'folder': {root} mixes class subfolders ({', '.join(p.name for p in class_dirs[:5])}) with "
+                         f"images at its top level ({', '.join(p.name for p in top_files[:5])}); move the loose images "
+                         "into a class folder, or point root= at a folder of one kind")
+    if class_dirs:
+        class_names = [p.name for p in class_dirs]
+        files = [(f, c) for c, d in enumerate(class_dirs) for f in _images_under(d)]
+    else:
+        class_names = []
+        files = [(f, -1) for f in _images_under(root)]
+    if not files:
+        raise ValueError(f"'folder': no image files under {root} (looked for {sorted(IMAGE_SUFFIXES)})")
+    if test_fraction is not None:
+        order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
+        n_test = max(1, round(len(files) * test_fraction))
+        keep = sorted(order[:n_test]) if split == "test" else sorted(order[n_test:])
+        files = [files[i] for i in keep]
+    mode = "RGB" if channels == 3 else "L"
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        decoded = list(pool.map(lambda item: _decode(item[0], size, mode), files))
+    bad = [(str(path), why) for (path, _), why in zip(files, decoded) if isinstance(why, str)]
+    if bad and not skip_corrupt:
+        raise CorruptImagesError(bad)
+    good = [(arr, label) for arr, (_, label) in zip(decoded, files) if not isinstance(arr, str)]
+    if not good:
+        raise ValueError(f"'folder': none of the {len(files)} image files under {root} could be read")
+    images = torch.from_numpy(np.stack([arr for arr, _ in good])).permute(0, 3, 1, 2).contiguous()
+    labels = torch.tensor([label for _, label in good], dtype=torch.int64)
+    return ImageDataset(images, labels, class_names, "folder", split, skipped=bad)
