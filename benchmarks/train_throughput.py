@@ -1,0 +1,178 @@
+"""Training throughput (images/s) of every method through the engine, and of SimCLR written the way lightly's own
+example writes it (lightly's SimCLRTransform in a torch DataLoader with num_workers = cores, NTXentLoss,
+SimCLRProjectionHead), with the same backbone, batch and image size, in one process. Prints JSON lines.
+
+    python benchmarks/train_throughput.py                                   # CPU: all methods x small_cnn, resnet18
+    python benchmarks/train_throughput.py --methods simclr --backbones resnet18 --steps 10
+    python benchmarks/train_throughput.py --device cuda --precision bf16 --compile --batch-size 512
+
+Engine figures come from the engine's own step timing (metrics.jsonl ``images_per_s``) over the last
+``--steps`` steps, after ``--steps`` warm-up steps (data generation, model build and compile excluded).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+ALL_METHODS = ["simclr", "mocov3", "byol", "simsiam", "barlow_twins", "vicreg", "dino", "swav", "mae", "ijepa"]
+VIT_ONLY = {"mae", "ijepa"}
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def engine_throughput(method: str, backbone: str, args, data_name: str, out: str) -> dict:
+    """images/s of ``method`` on ``backbone`` through ``workbench.pretrain`` (timed window: the last args.steps)."""
+    from workbench.train import DataConfig, ModelConfig, PretrainConfig, TrainConfig, pretrain
+
+    options = {}
+    if backbone.startswith("vit"):
+        options = {"patch_size": 4}
+    method_options = {"proj_hidden_dim": 512, "proj_output_dim": 128} if method == "simclr" else {}
+    cfg = PretrainConfig(
+        method=method, method_options=method_options, data=DataConfig(name=data_name),
+        model=ModelConfig(backbone=backbone, options=options),
+        train=TrainConfig(epochs=1000, batch_size=args.batch_size, log_every=args.steps, knn_every=0,
+                          max_steps=2 * args.steps, checkpoint_every=1000, device=args.device,
+                          precision=args.precision, compile=args.compile, progress="off"),
+        out=out)
+    run = pretrain(cfg)
+    steps = [r for r in run.metrics() if r["kind"] == "step"]
+    return {"images_per_s": steps[-1]["images_per_s"], "step_time_s": steps[-1]["step_time"],
+            "timed_steps": args.steps}
+
+
+def lightly_simclr_throughput(backbone_name: str, args, images: torch.Tensor) -> dict:
+    """SimCLR as lightly's example trains it: PIL images -> SimCLRTransform in DataLoader workers -> model."""
+    import torch.nn as nn
+    from lightly.loss import NTXentLoss
+    from lightly.models.modules import SimCLRProjectionHead
+    from lightly.transforms.simclr_transform import SimCLRTransform
+    from PIL import Image
+
+    from workbench.models import build_backbone
+
+    class PILDataset(torch.utils.data.Dataset):
+        def __init__(self, images: torch.Tensor, transform):
+            self.images, self.transform = images, transform
+
+        def __len__(self) -> int:
+            return len(self.images)
+
+        def __getitem__(self, i: int):
+            img = Image.fromarray(self.images[i].permute(1, 2, 0).numpy())
+            return self.transform(img), 0
+
+    class SimCLR(nn.Module):
+        def __init__(self, backbone: nn.Module):
+            super().__init__()
+            self.backbone = backbone
+            self.projection_head = SimCLRProjectionHead(backbone.feature_dim, 512, 128)
+
+        def forward(self, x):
+            return self.projection_head(self.backbone(x))
+
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    size = images.shape[-1]
+    transform = SimCLRTransform(input_size=size, gaussian_blur=0.5, cj_prob=0.8, random_gray_scale=0.2)
+    loader = torch.utils.data.DataLoader(PILDataset(images, transform), batch_size=args.batch_size, shuffle=True,
+                                         drop_last=True, num_workers=args.workers,
+                                         persistent_workers=args.workers > 0)
+    torch.manual_seed(0)
+    model = SimCLR(build_backbone(backbone_name, size)).to(device)
+    criterion = NTXentLoss(temperature=0.2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9)
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else None
+    times, seen = [], 0
+    it = iter(loader)
+    t_prev = time.perf_counter()
+    for step in range(2 * args.steps):
+        try:
+            (x0, x1), _ = next(it)
+        except StopIteration:
+            it = iter(loader)
+            (x0, x1), _ = next(it)
+        x0, x1 = x0.to(device, non_blocking=True), x1.to(device, non_blocking=True)
+        if amp is not None:
+            with amp:
+                loss = criterion(model(x0), model(x1))
+        else:
+            loss = criterion(model(x0), model(x1))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        if step >= args.steps:
+            times.append(now - t_prev)
+            seen += x0.shape[0]
+        t_prev = now
+    return {"images_per_s": seen / sum(times), "step_time_s": sum(times) / len(times), "timed_steps": len(times),
+            "num_workers": args.workers}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--methods", default=",".join(ALL_METHODS))
+    p.add_argument("--backbones", default="small_cnn,resnet18")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=3, help="timed steps (after as many warm-up steps)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="lightly DataLoader workers")
+    p.add_argument("--no-lightly", action="store_true", help="skip the lightly-style SimCLR comparison")
+    args = p.parse_args(argv)
+
+    import workbench.data as data_pkg
+    from workbench.data import base
+
+    n = args.batch_size * (2 * args.steps + 1)
+    cache = {s: data_pkg.load("shapes", split=s, size=args.image_size, n=n if s == "train" else 64)
+             for s in ("train", "test")}
+    base._REGISTRY["shapes_bench"] = lambda split="train", **_: cache[split]
+    common = {"bench": "train_throughput", "device": args.device, "precision": args.precision,
+              "compile": args.compile, "batch_size": args.batch_size, "image_size": args.image_size,
+              "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    with tempfile.TemporaryDirectory() as out:
+        for backbone in args.backbones.split(","):
+            ours_simclr = None
+            for method in args.methods.split(","):
+                bb = backbone
+                if method in VIT_ONLY:
+                    bb = "vit_tiny"
+                try:
+                    r = engine_throughput(method, bb, args, "shapes_bench", out)
+                except Exception as e:  # report and go on with the other methods
+                    emit({**common, "impl": "workbench", "method": method, "backbone": bb, "error": repr(e)})
+                    continue
+                emit({**common, "impl": "workbench", "method": method, "backbone": bb, **r})
+                if method == "simclr":
+                    ours_simclr = r["images_per_s"]
+            if args.no_lightly or ours_simclr is None:
+                continue
+            try:
+                r = lightly_simclr_throughput(backbone, args, cache["train"].images)
+            except Exception as e:
+                emit({**common, "impl": "lightly-example", "method": "simclr", "backbone": backbone, "error": repr(e)})
+                continue
+            emit({**common, "impl": "lightly-example", "method": "simclr", "backbone": backbone, **r})
+            emit({**common, "comparison": "workbench/lightly-example", "method": "simclr", "backbone": backbone,
+                  "ratio": ours_simclr / r["images_per_s"]})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""DINO (Caron et al., 2021): self-distillation with no labels.
+
+Pseudo-code of the paper, as written here::
+
+    t = softmax((teacher(global crops) - center) / teacher_temp)          # teacher sees the 2 global crops
+    s = log_softmax(student(all crops) / student_temp)                    # student sees global + local crops
+    loss = mean over pairs (teacher view t, student view v != t) of -sum(t * s)
+    center <- m_c * center + (1 - m_c) * mean(teacher outputs)           # all-reduced across ranks
+    teacher <- m * teacher + (1 - m) * student                            # m: 0.996 -> 1, cosine
+
+Defaults follow facebookresearch/dino (ViT recipe: AdamW 5e-4 per 256 images, wd 0.04, head 2048-2048-256,
+student temperature 0.1, teacher temperature 0.04 -> 0.07 over 30 epochs, centre momentum 0.9, last layer frozen
+during the first epoch). ``out_dim`` defaults to 4096 (solo-learn's CIFAR recipe) instead of the paper's 65536;
+``head_batch_norm`` is the official ``use_bn_in_head`` (off by default there and in solo-learn).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from workbench.config import check_range
+from workbench.methods.base import Batch, Method, Progress, StepOutput, cosine_momentum, ema_update, register
+
+
+@dataclass
+class DINOConfig:
+    """DINO hyper-parameters (paper defaults; ``out_dim`` from solo-learn's CIFAR recipe)."""
+
+    out_dim: int = 4096
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    num_layers: int = 3
+    head_batch_norm: bool = False
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: float = 30
+    center_momentum: float = 0.9
+    momentum: float = 0.996
+    freeze_last_layer_epochs: float = 1
+    frozen_teacher: bool = False
+
+    def __post_init__(self) -> None:
+        o = "DINOConfig"
+        for name in ("out_dim", "hidden_dim", "bottleneck_dim", "num_layers"):
+            check_range(o, name, getattr(self, name), 1)
+        for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+            check_range(o, name, getattr(self, name), 0.0, low_inclusive=False)
+        check_range(o, "warmup_teacher_temp_epochs", self.warmup_teacher_temp_epochs, 0)
+        check_range(o, "center_momentum", self.center_momentum, 0.0, 1.0)
+        check_range(o, "momentum", self.momentum, 0.0, 1.0)
+        check_range(o, "freeze_last_layer_epochs", self.freeze_last_layer_epochs, 0)
+
+
+class DINOHead(nn.Module):
+    """MLP (Linear-GELU, ``num_layers`` Linears) -> L2-normalised bottleneck -> weight-normalised Linear (g = 1).
+
+    [B, in_dim] -> [B, out_dim]. The last layer's rows are divided by their norm in every forward, which is
+    ``weight_norm`` with the gain fixed to 1 (the paper's ``norm_last_layer=True``).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 num_layers: int = 3, batch_norm: bool = False):
+        super().__init__()
+        layers: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(num_layers - 1):
+            layers += [nn.Linear(dim, hidden_dim)] + ([nn.BatchNorm1d(hidden_dim)] if batch_norm else []) + [nn.GELU()]
+            dim = hidden_dim
+        layers.append(nn.Linear(dim, bottleneck_dim))
+        self.mlp = nn.Sequential(*layers)
+        for m in self.mlp.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)  # direction v of weight_norm(g=1)
+
+    def forward(self, x: torch.Tensor, freeze_last_layer: bool = False) -> torch.Tensor:
+        z = F.normalize(self.mlp(x), dim=-1)
+        v = self.last_layer.weight
+        if freeze_last_layer:
+            v = zero_grad_view(v)
+        return F.linear(z, F.normalize(v, dim=1))
+
+
+def zero_grad_view(p: torch.Tensor) -> torch.Tensor:
+    """``p`` with a zero gradient but still in the graph (freezes a layer; DDP still sees every parameter used)."""
+    return p.detach() + 0.0 * p
+
+
+def teacher_temperature(epoch: float, warmup_temp: float, temp: float, warmup_epochs: float) -> float:
+    """Linear warm-up ``warmup_temp -> temp`` over ``warmup_epochs`` (fractional epochs), then constant."""
+    if warmup_epochs <= 0 or epoch >= warmup_epochs:
+        return temp
+    return warmup_temp + (temp - warmup_temp) * epoch / warmup_epochs
+
+
+def dino_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, center: torch.Tensor, teacher_temp: float,
+              student_temp: float = 0.1) -> torch.Tensor:
+    """Cross-entropy H(teacher view t, student view v) averaged over all pairs with v != t, and over the batch.
+
+    student_out [S, B, K] logits of all crops (global crops first), teacher_out [T, B, K] logits of the T
+    global crops (T <= S), center [1, K]. The teacher side carries no gradient.
+    """
+    with torch.autocast(student_out.device.type, enabled=False):  # float32 softmax and sums under bf16
+        t = F.softmax((teacher_out.detach().float() - center.float()) / teacher_temp, dim=-1)
+        s = F.log_softmax(student_out.float() / student_temp, dim=-1)
+        ce = -torch.einsum("tbk,sbk->ts", t, s) / s.shape[1]  # [T, S] mean cross-entropy per pair
+    off = ~torch.eye(t.shape[0], s.shape[0], dtype=torch.bool, device=ce.device)
+    if not off.any():
+        raise ValueError("dino_loss needs at least two views (pairs of the same view are skipped)")
+    return ce[off].mean()
+
+
+@torch.no_grad()
+def batch_center(teacher_out: torch.Tensor) -> torch.Tensor:
+    """Mean teacher output over views and the global batch: [T, B, K] -> [1, K] (all-reduced across ranks)."""
+    total = teacher_out.float().sum(dim=(0, 1)).unsqueeze(0)
+    count = teacher_out.shape[0] * teacher_out.shape[1]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(total)
+        count *= dist.get_world_size()
+    return total / count
+
+
+def embed_any_size(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """ViT patch embedding of crops of any size, positions interpolated bicubically as in DINO's
+    ``interpolate_pos_encoding``: [B, C, h, w] -> [B, (h'/p)*(w'/p), D]. A crop whose side is not a multiple of
+    the patch size p is first resized (bilinear) to the nearest multiple h', w' (at least p)."""
+    if x.shape[-2] == backbone.image_size and x.shape[-1] == backbone.image_size:
+        return backbone.patchify_embed(x)
+    p, (gh, gw) = backbone.patch_size, backbone.grid
+    h, w = (max(1, round(s / p)) for s in x.shape[-2:])
+    if (h * p, w * p) != tuple(x.shape[-2:]):
+        x = F.interpolate(x, size=(h * p, w * p), mode="bilinear", align_corners=False)
+    vit = backbone.vit
+    tokens = vit.patch_embed.norm(vit.patch_embed.proj(x).flatten(2).transpose(1, 2))
+    pos = vit.pos_embed[:, 1:].reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
+    pos = F.interpolate(pos.float(), size=(h, w), mode="bicubic", align_corners=False)
+    return tokens + pos.to(tokens.dtype).permute(0, 2, 3, 1).reshape(1, h * w, -1)
+
+
+def multicrop_pooled(backbone: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
+    """Pooled backbone features of each view, crops of equal size run as one batch (DINO's MultiCropWrapper):
+    list of [B, C, s_i, s_i] -> [V, B, D]."""
+    out, i = [], 0
+    while i < len(views):
+        j = i
+        while j < len(views) and views[j].shape[-2:] == views[i].shape[-2:]:
+            j += 1
+        x = torch.cat(views[i:j])
+        if getattr(backbone, "kind", "cnn") == "vit":
+            feats = backbone.encode(embed_any_size(backbone, x))[:, 0]
+        else:
+            feats = backbone(x)
+        out.append(feats)
+        i = j
+    return torch.cat(out).reshape(len(views), views[0].shape[0], -1)
+
+
+@register
+class DINO(Method):
+    """Student backbone + DINO head distilled from an EMA teacher that sees only the global crops."""
+
+    name = "dino"
+    Config = DINOConfig
+    preset = "dino"
+    recipe = {"optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.04, "warmup_epochs": 10}
+
+    def __init__(self, backbone: nn.Module, config: DINOConfig):
+        super().__init__(backbone, config)
+        c = config
+        self.head = DINOHead(backbone.feature_dim, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.num_layers,
+                             c.head_batch_norm)
+        self.teacher_backbone = copy.deepcopy(backbone).requires_grad_(False)
+        self.teacher_head = copy.deepcopy(self.head).requires_grad_(False)
+        self.register_buffer("center", torch.zeros(1, c.out_dim))
+
+    def training_step(self, batch: Batch, progress: Progress) -> StepOutput:
+        c, views, n_global = self.config, batch.views, batch.num_global
+        epoch = progress.step / max(1, progress.steps_per_epoch)
+        feats = multicrop_pooled(self.backbone, views)  # [V, B, D]
+        v, b = feats.shape[:2]
+        student = self.head(feats.flatten(0, 1), freeze_last_layer=epoch < c.freeze_last_layer_epochs)
+        with torch.no_grad():
+            teacher = self.teacher_head(multicrop_pooled(self.teacher_backbone, views[:n_global]).flatten(0, 1))
+            teacher = teacher.reshape(n_global, b, -1)
+        temp = teacher_temperature(epoch, c.warmup_teacher_temp, c.teacher_temp, c.warmup_teacher_temp_epochs)
+        loss = dino_loss(student.reshape(v, b, -1), teacher, self.center, temp, c.student_temp)
+        if self.training:
+            self.center.mul_(c.center_momentum).add_(batch_center(teacher), alpha=1 - c.center_momentum)
+        return StepOutput(loss, feats[0].detach(), {"teacher_temp": temp})
+
+    @torch.no_grad()
+    def update_teacher(self, progress: Progress) -> None:
+        if self.config.frozen_teacher:
+            return
+        m = cosine_momentum(self.config.momentum, progress)
+        ema_update(self.teacher_backbone, self.backbone, m)
+        ema_update(self.teacher_head, self.head, m)
+
+    def teacher_modules(self) -> list[nn.Module]:
+        return [self.teacher_backbone, self.teacher_head]
