@@ -1,0 +1,203 @@
+"""Label-free metrics, usable on a user's unlabeled data.
+
+- RankMe, std of L2-normalised embeddings, alignment and uniformity: the implementations in
+  ``workbench.metrics`` (shared with the engine's live monitors); alignment needs features of two
+  augmented views of the same images (``view_features``, with the run's augmentation preset).
+- k-means on L2-normalised features (scikit-learn), scored against labels where they exist with NMI and ARI
+  (computed here from the contingency table; the tests check them against scikit-learn).
+- Silhouette score in a UMAP-reduced space (2-D and 10-D): UMAP (umap-learn, min_dist=0), k-means in the
+  reduced space, silhouette of those clusters there. Lowe et al. 2024 ("An empirical study into clustering of
+  unseen datasets with self-supervised encoders") find it tracks clustering quality without labels.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from workbench.data.base import ImageDataset
+from workbench.evaluate.features import FeatureSet, resolve_device
+from workbench.metrics import alignment, normalized_std, rankme, uniformity
+
+
+def _features(x: FeatureSet | torch.Tensor) -> torch.Tensor:
+    return x.features if isinstance(x, FeatureSet) else x
+
+
+def label_free_metrics(features: FeatureSet | torch.Tensor,
+                       views: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       max_points: int = 10000, seed: int = 0) -> dict[str, float]:
+    """{"rankme", "std", "uniformity"} of features [N, D] (+ "alignment" given two views' features [M, D] each).
+
+    RankMe uses at most ``max_points`` rows (a seeded random subset; SVD cost), uniformity likewise.
+    """
+    z = _features(features).float()
+    if z.shape[0] > max_points:
+        z = z[torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points]]
+    out = {"rankme": rankme(z), "std": normalized_std(z), "uniformity": uniformity(z, max_points=max_points)}
+    if views is not None:
+        out["alignment"] = alignment(views[0], views[1])
+    return out
+
+
+@torch.no_grad()
+def encode_views(encoder: nn.Module, views: torch.Tensor, batch_size: int = 256,
+                 device: str | torch.device = "auto") -> torch.Tensor:
+    """Encode already-normalised float images [N, C, h, w] -> float32 [N, D] (no grad, eval mode)."""
+    dev = resolve_device(device)
+    was_training = encoder.training
+    params = list(encoder.parameters())
+    home = params[0].device if params else torch.device("cpu")
+    encoder.eval().to(dev)
+    try:
+        out = []
+        for i in range(0, views.shape[0], batch_size):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                out.append(encoder(views[i:i + batch_size].to(dev)).float().cpu())
+    finally:
+        encoder.to(home).train(was_training)
+    return torch.cat(out)
+
+
+def view_pairs(dataset: ImageDataset, preset: str = "simclr", mean: Sequence[float] | None = None,
+               std: Sequence[float] | None = None, overrides: dict[str, Any] | None = None, n: int = 1024,
+               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two augmented views (the preset's first two, i.e. global, views) of ``n`` seeded-random images of
+    ``dataset`` -> (v1, v2) normalised float [n, C, s, s], from workbench.augment's ``make_preset`` and
+    ``generate_views`` with a seeded generator. Draw once, encode with every model being compared."""
+    from workbench.augment import generate_views, make_preset
+
+    from workbench.evaluate.features import _channel_stats
+    chans = dataset.images.shape[1]
+    mean_t = _channel_stats(mean, chans, 0.5, "mean")
+    std_t = _channel_stats(std, chans, 0.5, "std")
+    cfg = make_preset(preset, dataset.images.shape[-1], mean=mean_t, std=std_t, **(overrides or {}))
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(dataset), generator=g)[:n]
+    vb = generate_views(dataset.images[idx], cfg, g)
+    if len(vb.views) < 2:
+        raise ValueError(f"augmentation preset {preset!r} makes {len(vb.views)} view(s); alignment needs two")
+    return vb.views[0], vb.views[1]
+
+
+def view_features(encoder: nn.Module, dataset: ImageDataset, preset: str = "simclr",
+                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                  overrides: dict[str, Any] | None = None, n: int = 1024, seed: int = 0,
+                  device: str | torch.device = "auto",
+                  pairs: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of two augmented views of the same ``n`` images -> (z1 [n, D], z2 [n, D]), for alignment.
+
+    ``pairs``: views already drawn by :func:`view_pairs` (then the other arguments but ``encoder`` and
+    ``device`` are ignored).
+    """
+    v1, v2 = pairs if pairs is not None else view_pairs(dataset, preset, mean, std, overrides, n, seed)
+    return encode_views(encoder, v1, device=device), encode_views(encoder, v2, device=device)
+
+
+# -- clustering -------------------------------------------------------------------------------------------
+def _contingency(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    table = np.zeros((ai.max() + 1, bi.max() + 1), dtype=np.float64)
+    np.add.at(table, (ai, bi), 1)
+    return table
+
+
+def normalized_mutual_info(labels: Any, clusters: Any) -> float:
+    """NMI with the arithmetic-mean normaliser: I(a; b) / ((H(a) + H(b)) / 2); 1.0 when both are one class."""
+    a, b = np.asarray(labels).ravel(), np.asarray(clusters).ravel()
+    table = _contingency(a, b)
+    n = table.sum()
+    pa, pb = table.sum(1) / n, table.sum(0) / n
+    ha = -(pa * np.log(pa)).sum()
+    hb = -(pb * np.log(pb)).sum()
+    if table.shape[0] == 1 and table.shape[1] == 1:
+        return 1.0
+    if ha == 0 or hb == 0:
+        return 0.0
+    nz = table > 0
+    pij = table[nz] / n
+    mi = (pij * (np.log(pij) - np.log(np.outer(pa, pb)[nz]))).sum()
+    return float(max(mi, 0.0) / ((ha + hb) / 2))
+
+
+def adjusted_rand_index(labels: Any, clusters: Any) -> float:
+    """ARI (Hubert & Arabie) from the contingency table: 1 for identical partitions, ~0 for random ones."""
+    a, b = np.asarray(labels).ravel(), np.asarray(clusters).ravel()
+    table = _contingency(a, b)
+    n = table.sum()
+
+    def comb2(x: np.ndarray | float) -> np.ndarray | float:
+        return x * (x - 1) / 2
+
+    sum_ij = comb2(table).sum()
+    sum_a = comb2(table.sum(1)).sum()
+    sum_b = comb2(table.sum(0)).sum()
+    expected = sum_a * sum_b / comb2(n) if n > 1 else 0.0
+    max_index = (sum_a + sum_b) / 2
+    if max_index == expected:
+        return 1.0
+    return float((sum_ij - expected) / (max_index - expected))
+
+
+def kmeans_clusters(x: np.ndarray | torch.Tensor, n_clusters: int, seed: int = 0, n_init: int = 3) -> np.ndarray:
+    """scikit-learn k-means cluster ids [N] of rows of x [N, D]."""
+    from sklearn.cluster import KMeans
+
+    x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit_predict(x.astype(np.float32))
+
+
+def kmeans_scores(features: FeatureSet | torch.Tensor, labels: torch.Tensor | None = None,
+                  n_clusters: int | None = None, max_points: int = 20000, seed: int = 0) -> dict[str, float]:
+    """k-means (k = number of classes unless given) on L2-normalised features -> {"kmeans_nmi", "kmeans_ari"}.
+
+    Uses at most ``max_points`` rows (seeded subset).
+    """
+    z = _features(features).float()
+    if labels is None:
+        if not isinstance(features, FeatureSet) or not features.has_labels:
+            raise ValueError("kmeans_scores needs labels to score against; for unlabeled data use "
+                             "umap_silhouette (label-free)")
+        labels = features.labels
+    if n_clusters is None:
+        n_clusters = int(torch.unique(labels).numel())
+    if z.shape[0] > max_points:
+        keep = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points]
+        z, labels = z[keep], labels[keep]
+    clusters = kmeans_clusters(F.normalize(z, dim=1), n_clusters, seed)
+    y = labels.cpu().numpy()
+    return {"kmeans_nmi": normalized_mutual_info(y, clusters), "kmeans_ari": adjusted_rand_index(y, clusters)}
+
+
+def umap_silhouette(features: FeatureSet | torch.Tensor, n_clusters: int | None = None,
+                    n_components: Sequence[int] = (2, 10), max_points: int = 2000, n_neighbors: int = 15,
+                    seed: int = 0) -> dict[str, float]:
+    """Silhouette of k-means clusters in UMAP-reduced spaces -> {"umap2_silhouette", "umap10_silhouette"}.
+
+    ``n_clusters`` defaults to the number of classes (10 without labels); a seeded subset of ``max_points``
+    rows keeps UMAP quick. Labels are never used for the score itself.
+    """
+    import umap
+    from sklearn.metrics import silhouette_score
+
+    z = _features(features).float()
+    if n_clusters is None:
+        has = isinstance(features, FeatureSet) and features.has_labels
+        n_clusters = int(torch.unique(features.labels).numel()) if has else 10
+    if z.shape[0] > max_points:
+        z = z[torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points]]
+    if z.shape[0] <= n_clusters + 1:
+        raise ValueError(f"umap_silhouette needs more than {n_clusters + 1} points, got {z.shape[0]}")
+    x = F.normalize(z, dim=1).numpy()
+    out = {}
+    for dim in n_components:
+        reducer = umap.UMAP(n_components=dim, n_neighbors=min(n_neighbors, x.shape[0] - 1), min_dist=0.0,
+                            random_state=seed, n_jobs=1)
+        emb = reducer.fit_transform(x)
+        clusters = kmeans_clusters(emb, n_clusters, seed)
+        out[f"umap{dim}_silhouette"] = float(silhouette_score(emb, clusters)) if len(set(clusters)) > 1 else 0.0
+    return out
