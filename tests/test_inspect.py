@@ -1,0 +1,233 @@
+"""Known-answer tests of workbench.inspect (pure functions behind the widgets)."""
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from workbench import inspect as wi
+from workbench.inspect import attention as A
+from workbench.models.backbones import build_backbone
+
+
+def _attn(b: int, heads: int, L: int, peak: int, strength: float = 10.0) -> torch.Tensor:
+    """Softmax attention [b, heads, 1+L, 1+L] whose CLS row peaks at patch ``peak``."""
+    logits = torch.randn(b, heads, 1 + L, 1 + L, generator=torch.Generator().manual_seed(0)) * 0.1
+    logits[:, :, 0, 1 + peak] += strength
+    return logits.softmax(-1)
+
+
+def test_cls_attention_finds_known_peak_and_upsamples_to_its_block():
+    L, grid, peak = 16, (4, 4), 6  # row 1, col 2
+    maps = [_attn(2, 3, L, peak=0), _attn(2, 3, L, peak)]
+    a = A.head_attention(maps, layer=-1, head="mean")
+    assert a.shape == (2, 16) and (a.argmax(1) == peak).all()
+    assert torch.allclose(A.head_attention(maps, -1, 1), maps[-1][:, 1, 0, 1:])
+    heat = A.attention_image(maps, grid, 32, kind="attention")  # [2, 32, 32] in [0, 1]
+    assert heat.shape == (2, 32, 32)
+    rows, cols = np.nonzero(heat[0] == 1.0)
+    assert rows.min() == 8 and rows.max() == 15 and cols.min() == 16 and cols.max() == 23
+
+
+def test_threshold_mass_keeps_the_stated_share():
+    attn = torch.tensor([[0.05, 0.4, 0.1, 0.3, 0.15]])
+    keep = A.threshold_mass(attn, share=0.6)
+    # descending 0.4, 0.3 -> 0.7 >= 0.6 with two patches; one patch (0.4) is not enough
+    assert keep.tolist() == [[False, True, False, True, False]]
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(8, 64, generator=g) ** 4
+    for share in (0.3, 0.6, 0.9):
+        keep = A.threshold_mass(x, share)
+        p = x / x.sum(1, keepdim=True)
+        kept = (p * keep).sum(1)
+        assert (kept >= share - 1e-6).all()
+        # minimal: dropping the smallest kept patch falls below the share
+        smallest = torch.where(keep, p, torch.full_like(p, 9)).min(1).values
+        assert (kept - smallest < share + 1e-6).all()
+        # kept patches are the largest ones
+        assert (torch.where(keep, p, torch.full_like(p, 9)).min(1).values
+                >= torch.where(keep, torch.zeros_like(p), p).max(1).values).all()
+
+
+def test_rollout_of_identity_is_identity_and_matches_hand_product():
+    T = 5
+    eye = torch.eye(T).expand(2, 3, T, T)
+    r = A.attention_rollout([eye, eye, eye])
+    assert torch.allclose(r, torch.eye(T).expand(2, T, T))
+    g = torch.Generator().manual_seed(0)
+    a1, a2 = torch.rand(1, 2, T, T, generator=g).softmax(-1), torch.rand(1, 2, T, T, generator=g).softmax(-1)
+
+    def step(a):
+        m = 0.5 * torch.eye(T) + 0.5 * a[0].mean(0)
+        return m / m.sum(-1, keepdim=True)
+
+    assert torch.allclose(A.attention_rollout([a1, a2])[0], step(a2) @ step(a1), atol=1e-6)
+
+
+def test_cnn_backbone_refused_with_hint_and_wrong_size_refused():
+    cnn = build_backbone("small_cnn", image_size=16, width=4)
+    with pytest.raises(A.NotAViTError, match="patch-similarity and PCA"):
+        A.attention_maps(cnn, torch.zeros(1, 3, 16, 16))
+    vit = build_backbone("vit_tiny", image_size=16, patch_size=4, depth=1)
+    with pytest.raises(ValueError, match="16x16"):
+        A.attention_maps(vit, torch.zeros(1, 3, 24, 24))
+    maps = A.attention_maps(vit.eval(), torch.randn(2, 3, 16, 16))
+    assert len(maps) == 1 and maps[0].shape == (2, 3, 17, 17)
+    assert torch.allclose(maps[0].sum(-1), torch.ones(2, 3, 17))
+
+
+def test_overlay_compositing_arithmetic():
+    img = np.full((2, 2, 3), 100, np.uint8)
+    rgba = np.zeros((2, 2, 4), np.float32)
+    rgba[..., 0] = 1.0
+    rgba[0, 0, 3] = 0.5
+    out = wi.composite(img, rgba)
+    assert out[0, 0].tolist() == [178, 50, 50]  # 0.5*100 + 0.5*255 = 177.5 -> 178
+    assert out[1, 1].tolist() == [100, 100, 100]
+    heat = np.array([[0.0, 1.0], [0.5, 0.25]])
+    ov = wi.overlay(img, heat, opacity=1.0)
+    assert ov[0, 1].tolist() == [252, 255, 164]  # top of inferno
+
+
+def test_patch_similarity_same_and_cross_image():
+    tokens = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 3.0], [-1.0, 0.0]])
+    s = wi.patch_similarity(tokens, 0)
+    assert torch.allclose(s, torch.tensor([1.0, 0.0, math.sqrt(0.5), -1.0]), atol=1e-6)
+    other = torch.tensor([[0.0, 5.0], [2.0, 0.0]])
+    assert torch.allclose(wi.patch_similarity(tokens, 1, other), torch.tensor([1.0, 0.0]))
+    assert wi.patch_at_pixel(31, 0, 32, (4, 4)) == (0, 3)
+    assert wi.patch_index(1, 2, (4, 4)) == 6
+
+
+def test_pca_image_recovers_planted_direction_and_foreground():
+    g = torch.Generator().manual_seed(0)
+    B, h, w, D = 2, 6, 6, 32
+    u = torch.randn(D, generator=g)
+    u = u / u.norm()
+    coeff = torch.linspace(-3, 3, B * h * w)[torch.randperm(B * h * w, generator=g)]
+    tokens = (coeff[:, None] * u + 0.05 * torch.randn(B * h * w, D, generator=g)).reshape(B, h * w, D)
+    rgb, fg = wi.pca_rgb(tokens, (h, w))
+    assert rgb.shape == (B, h, w, 3) and fg.all()
+    assert rgb.min() >= 0 and rgb.max() <= 1 and np.isclose(rgb[..., 0].max(), 1) and np.isclose(rgb[..., 0].min(), 0)
+    red = rgb[..., 0].reshape(-1)
+    assert abs(np.corrcoef(red, coeff.numpy())[0, 1]) > 0.99
+    # foreground = patches on one side of the planted direction
+    rgb2, fg2 = wi.pca_rgb(tokens, (h, w), foreground_threshold=0.5)
+    first = (coeff - coeff.min()) / (coeff.max() - coeff.min())
+    truth = (first > 0.5) if np.corrcoef(red, coeff.numpy())[0, 1] > 0 else (first < 0.5)
+    assert (fg2.reshape(-1) == truth.numpy()).mean() > 0.97
+    assert (rgb2.reshape(-1, 3)[~fg2.reshape(-1)] == 0).all()
+
+
+def test_nearest_neighbors_hand_made_set_chunked():
+    x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0], [0.7, 0.7], [1.0, -0.05]])
+    idx, sim = wi.nearest_neighbors(x, [0, 2], k=3, chunk_size=2)
+    assert idx[0].tolist() == [5, 1, 4]
+    assert idx[1].tolist() == [4, 1, 0]
+    assert np.allclose(sim[1, 0], 0.7 / math.hypot(0.7, 0.7), atol=1e-6)
+    idx2, _ = wi.nearest_neighbors(x, 0, k=1, exclude_self=False)
+    assert idx2[0].tolist() == [0]
+
+
+def test_knn_correct_and_kmeans_on_separated_clusters():
+    g = torch.Generator().manual_seed(0)
+    centers = torch.eye(4, 16) * 5
+    labels = torch.arange(4).repeat_interleave(30)
+    x = centers[labels] + 0.3 * torch.randn(120, 16, generator=g)
+    wrong = labels.clone()
+    wrong[0] = 3  # a mislabeled point sits among class-0 points
+    ok = wi.knn_correct(x, wrong, k=10)
+    assert ok.dtype == bool and not ok[0] and ok[1:].all()
+    km = wi.kmeans_labels(x, 4)
+    from sklearn.metrics import adjusted_rand_score
+    assert adjusted_rand_score(labels.numpy(), km) == 1.0
+
+
+def test_pca_2d_matches_sklearn_and_cache_roundtrip(tmp_path):
+    from sklearn.decomposition import PCA
+
+    x = torch.randn(200, 10, generator=torch.Generator().manual_seed(0)) * torch.linspace(3, 0.1, 10)
+    ours = wi.pca_2d(x)
+    ref = PCA(2).fit_transform(x.numpy())
+    for j in range(2):
+        assert abs(np.corrcoef(ours[:, j], ref[:, j])[0, 1]) > 0.9999
+    c1 = wi.embedding_2d(x, "pca", cache_dir=tmp_path)
+    files = list(tmp_path.glob("embedding-pca-*.npy"))
+    assert len(files) == 1 and np.array_equal(np.load(files[0]), c1)
+    np.save(files[0], np.zeros_like(c1))  # a cached file is read, not recomputed
+    assert (wi.embedding_2d(x, "pca", cache_dir=tmp_path) == 0).all()
+
+
+@pytest.mark.slow  # ~20-45 s: umap-learn's numba compilation on first use
+def test_umap_small_separates_clusters(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat_interleave(40)
+    x = torch.eye(3, 8)[labels] * 4 + 0.2 * torch.randn(120, 8, generator=g)
+    c = wi.embedding_2d(x, "umap", cache_dir=tmp_path, n_epochs=50)
+    assert c.shape == (120, 2) and np.isfinite(c).all()
+    from sklearn.metrics import silhouette_score
+    assert silhouette_score(c, labels.numpy()) > 0.5
+    assert len(list(tmp_path.glob("embedding-umap-*.npy"))) == 1
+
+
+def test_collapse_rule_fires_on_std_and_rankme():
+    healthy = [{"kind": "step", "step": i, "std": 1 / math.sqrt(64), "rankme": 40.0} for i in range(10)]
+    assert not wi.collapse_status(healthy, dim=64).collapsed
+    falling = healthy + [{"kind": "step", "step": 10 + i, "std": 0.01, "rankme": 3.0} for i in range(5)]
+    st = wi.collapse_status(falling, dim=64)
+    assert st.collapsed and len(st.reasons) == 2 and st.std_threshold == pytest.approx(0.3 / 8)
+    st2 = wi.collapse_status(falling, dim=None)
+    assert st2.collapsed and "early value" in st2.reasons[0]
+    x, y = wi.series(falling + [{"kind": "epoch", "step": 15, "knn_acc": 0.5}], "knn_acc")
+    assert x.tolist() == [15.0] and y.tolist() == [0.5]
+
+
+def test_augmentation_grid_captions_follow_drawn_params():
+    from workbench.augment import make_preset
+
+    imgs = torch.randint(0, 256, (3, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    cfg = make_preset("dino", 16, local_views=2)
+    pic, caps, vb = wi.augmentation_grid(imgs, cfg, seed=3)
+    assert len(caps) == 3 and len(caps[0]) == 4
+    for n in range(3):
+        for v, p in enumerate(vb.params):
+            t, l, h, w = p["crop"][n].tolist()
+            assert caps[n][v].startswith(f"crop {h}x{w}@({t},{l})")
+            assert ("flip" in caps[n][v]) == bool(p["flip"][n])
+            assert ("blur" in caps[n][v]) == bool(p["blur"][n])
+    _, caps2, _ = wi.augmentation_grid(imgs, cfg, seed=3)
+    assert caps2 == caps
+    _, caps3, _ = wi.augmentation_grid(imgs, cfg, seed=4)
+    assert caps3 != caps
+
+
+def test_mask_pictures_cover_the_masked_share():
+    imgs = torch.full((2, 3, 16, 16), 255, dtype=torch.uint8)
+    pics, mask = wi.mae_mask_images(imgs, patch_size=4, mask_ratio=0.75, seed=0)
+    assert mask.sum(1).tolist() == [12.0, 12.0]
+    gray = (pics[0] != 255).any(-1)
+    assert gray.mean() == pytest.approx(0.75)
+    pics2, bm = wi.ijepa_mask_images(imgs, patch_size=4, seed=0, min_keep=1)
+    assert len(pics2) == 2 and pics2[0].shape == (16, 16, 3) and (pics2[0] != 255).any()
+
+
+def test_png_and_pil_figure_export(tmp_path):
+    arr = np.zeros((4, 5, 3), np.uint8)
+    arr[1, 2] = (10, 20, 30)
+    assert np.array_equal(wi.images.decode_png(wi.png_bytes(arr)), arr)
+    assert wi.thumbnail_uri(torch.zeros(1, 8, 8, dtype=torch.uint8), 32).startswith("data:image/png;base64,")
+    import plotly.graph_objects as go
+    fig = go.Figure(go.Scatter(x=[0, 1, 2], y=[0, 1, 0], line=dict(color="#ff0000")))
+    png = wi.figure_to_png_pil(fig, 200, 100)
+    pic = wi.images.decode_png(png)
+    assert pic.shape == (100, 200, 3) and ((pic[..., 0] > 200) & (pic[..., 1] < 50)).any()
+
+
+def test_inspect_import_is_headless():
+    import subprocess
+    code = ("import sys, workbench.inspect; bad=[m for m in ('plotly','ipywidgets','IPython','umap') "
+            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

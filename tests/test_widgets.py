@@ -1,0 +1,316 @@
+"""Widgets driven headlessly as a user would: set a control's value or dispatch a plotly event through the
+trace's own dispatcher (what the browser triggers), then check what the widget shows."""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+from plotly.callbacks import BoxSelector, InputDeviceState, Points
+
+from widgets import (AttentionViewer, AugmentationExplorer, EmbeddingExplorer, ReconstructionViewer, RunBrowser,
+                     TrainingMonitor)
+from workbench.inspect.images import PALETTE, decode_png, png_bytes, to_hwc, upscale
+from workbench.runs import Run
+
+STATE = InputDeviceState(ctrl=False, alt=False, shift=False, meta=False, button=0, buttons=1)
+
+
+def points(inds=(), xs=(), ys=()):
+    return Points(point_inds=list(inds), xs=list(xs), ys=list(ys), trace_name="t", trace_index=0)
+
+
+def _tiny(method: str, backbone: str, out, options=None, epochs: int = 1):
+    from workbench.train import DataConfig, ModelConfig, PretrainConfig, TrainConfig
+
+    return PretrainConfig(method=method, data=DataConfig(name="shapes", image_size=16, options={"n": 32}),
+                          model=ModelConfig(backbone=backbone, options=options or {}),
+                          train=TrainConfig(epochs=epochs, batch_size=32, log_every=1, knn_every=1, knn_max_train=32,
+                                            knn_max_test=16, progress="off", device="cpu"), out=str(out))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A 1-epoch MAE ViT run and a 1-epoch SimCLR CNN run on 64 shapes images at 16 px."""
+    from workbench.train import pretrain
+
+    out = tmp_path_factory.mktemp("runs")
+    mae = pretrain(_tiny("mae", "vit_tiny", out, {"patch_size": 4, "depth": 2}))
+    cnn = pretrain(_tiny("simclr", "small_cnn", out, {"width": 4}))
+    return {"mae": mae, "cnn": cnn, "dir": out}
+
+
+@pytest.fixture(scope="module")
+def shapes16():
+    import workbench.data as data
+
+    return data.load("shapes", split="test", size=16, n=64)
+
+
+# ---------------------------------------------------------------------------------------- AugmentationExplorer
+def test_augmentation_explorer_sliders_change_views_and_config(shapes16):
+    ex = AugmentationExplorer(shapes16, preset="simclr", n_images=4, seed=0)
+    assert ex.last_error is None and len(ex.captions) == 4 and len(ex.captions[0]) == 2
+    before = ex.png
+    ex.sliders["flip_p"].value = 1.0  # "all views" is being edited
+    assert ex.png != before and all("flip" in c for row in ex.captions for c in row)
+    assert [v.flip_p for v in ex.augment_config.views] == [1.0, 1.0]
+    ex.view.value = ex.view.options[2]  # edit view 2 only
+    assert ex.sliders["flip_p"].value == 1.0 and ex.sliders["jitter_p"].value == pytest.approx(0.8)
+    ex.sliders["solarize_p"].value = 1.0
+    cfg = ex.augment_config
+    assert cfg.views[1].solarize_p == 1.0 and cfg.views[0].solarize_p == 0.0
+    assert all("solarize" in row[1] for row in ex.captions) and not any("solarize" in row[0] for row in ex.captions)
+    ex.augment_config.views[0].flip_p = 0.0  # a copy: editing it does not change the widget
+    assert ex.augment_config.views[0].flip_p == 1.0
+    from workbench.train import PretrainConfig, augment_config
+    run_cfg = augment_config(PretrainConfig(method="simclr", augment=ex.augment_overrides), 16)
+    assert run_cfg.views == cfg.views and run_cfg.num_global == cfg.num_global
+    png = ex.png
+    ex.seed.value = 5
+    assert ex.png != png
+    decoded = decode_png(ex.png)
+    assert decoded.shape == ex.picture.shape
+
+
+def test_augmentation_explorer_multicrop_scale_and_masks(shapes16):
+    ex = AugmentationExplorer(shapes16.images, preset="dino", n_images=2)
+    cfg = ex.augment_config
+    assert cfg.num_global == 2 and len(cfg.views) == 8 and len(ex.captions[0]) == 8
+    # local crops are drawn at their true relative size: 6 px views vs 16 px global views
+    assert cfg.views[2].size < cfg.views[0].size
+    ex.mode.value = "MAE mask"
+    ex.mask_ratio.value = 0.5
+    p = ex.patch_size.value
+    total = (16 // p) ** 2
+    assert ex.captions[0][0] == f"MAE mask {total // 2}/{total} patches masked"
+    ex.mode.value = "I-JEPA masks"
+    assert ex.captions[0][0].startswith("I-JEPA context") and ex.last_error is None
+
+
+def test_augmentation_explorer_bad_input_shows_message():
+    ex = AugmentationExplorer(torch.zeros(3, 16, 16), preset="simclr")
+    assert "uint8 images [N, C, H, W]" in ex.last_error and "uint8 images" in ex.error.value
+    empty = AugmentationExplorer(torch.zeros(0, 3, 16, 16, dtype=torch.uint8))
+    assert "empty" in empty.last_error
+
+
+# ---------------------------------------------------------------------------------------- AttentionViewer
+def test_attention_viewer_layers_heads_mask_and_click(runs, shapes16):
+    from workbench.inspect.attention import head_attention
+
+    av = AttentionViewer(runs["mae"], shapes16.images[:4])
+    assert av.last_error is None and av.is_vit and av.layer.value == 1
+    mean_png = av.png
+    av.head.value = 0
+    assert av.png != mean_png
+    av.layer.value = 0
+    assert av.last_error is None
+    # DINO mask: the shown mask keeps the stated share of head-0 layer-0 attention mass
+    av.view.value = "attention mask"
+    av.share.value = 0.5
+    attn = head_attention(av.maps(0), 0, 0)[0]
+    p = attn / attn.sum()
+    kept = torch.from_numpy(av.heat[::4, ::4].reshape(-1) > 0.5)
+    assert float(p[kept].sum()) >= 0.5 - 1e-6
+    assert float(p[kept].sum() - p[kept].min()) < 0.5
+    av.view.value = "rollout"
+    assert av.last_error is None and av.heat.shape == (16, 16)
+    # click a patch in the left panel through the trace's dispatcher (display pixels = image px * zoom)
+    z = av.zoom
+    av.fig.data[0]._dispatch_on_click(points([0], [13.5 * z], [2.5 * z]), STATE)  # patch (0, 3)
+    assert av.view.value == "patch similarity" and av.patch == (0, 3)
+    assert np.allclose(av.heat[0:4, 12:16], 1.0)  # the query patch is most similar to itself
+    av.view.value = "PCA"
+    assert av.last_error is None and av.heat.shape == (16, 16, 3)
+
+
+def test_attention_viewer_cnn_and_wrong_size(runs, shapes16, tmp_path):
+    cv = AttentionViewer(runs["cnn"], shapes16.images[:3])
+    assert cv.view.value == "patch similarity" and cv.last_error is None and cv.png
+    cv.view.value = "attention"
+    assert "needs a ViT" in cv.last_error and "patch-similarity and PCA" in cv.last_error
+    cv.view.value = "PCA"
+    assert cv.last_error is None
+    cv.select_patch(1, 1)
+    assert cv.patch == (1, 1) and cv.last_error is None
+    with pytest.warns(RuntimeWarning, match="PIL") if _no_kaleido() else _nullcontext():
+        how = cv.save(tmp_path / "cnn.png")
+    assert how in ("kaleido", "pil") and decode_png((tmp_path / "cnn.png").read_bytes()).shape[2] == 3
+    assert cv.save(tmp_path / "cnn.html") == "html" and "plotly" in (tmp_path / "cnn.html").read_text()[:5000].lower()
+    bad = AttentionViewer(runs["mae"], torch.zeros(2, 3, 24, 24, dtype=torch.uint8))
+    assert "24x24" in bad.last_error and "16x16" in bad.last_error
+
+
+# ---------------------------------------------------------------------------------------- ReconstructionViewer
+def test_reconstruction_viewer_mask_ratio_and_paste(runs, shapes16):
+    rv = ReconstructionViewer(runs["mae"], shapes16.images[:3], n_images=2)
+    assert rv.last_error is None and rv.result["mask"].mean().item() == pytest.approx(0.75)
+    png = rv.png
+    rv.mask_ratio.value = 0.25
+    assert rv.png != png and rv.result["mask"].mean().item() == pytest.approx(0.25)
+    r = rv.result
+    visible = (r["mask"][0].reshape(4, 4) < 0.5).repeat_interleave(4, 0).repeat_interleave(4, 1)
+    diff = (r["pasted"][0].int() - r["original"][0].int()).abs()
+    assert diff[:, visible].max() <= 1  # visible patches pasted from the original (rounding only)
+    assert (r["masked"][0][:, ~visible] == 128).all()
+    assert "loss" in rv.loss.value
+    bad = ReconstructionViewer(runs["cnn"], shapes16.images[:2])
+    assert "need an MAE run" in bad.last_error
+
+
+# ---------------------------------------------------------------------------------------- EmbeddingExplorer
+def _clustered(n_per=20, k=4, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(k).repeat_interleave(n_per)
+    feats = torch.eye(k, d)[labels] * 3 + 0.3 * torch.randn(k * n_per, d, generator=g)
+    imgs = torch.randint(0, 256, (k * n_per, 3, 8, 8), generator=g, dtype=torch.uint8)
+    return feats, labels, imgs
+
+
+def _no_kaleido() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("kaleido") is None
+
+
+def _nullcontext():
+    import contextlib
+    return contextlib.nullcontext()
+
+
+def test_embedding_explorer_hover_click_select_colour(tmp_path):
+    feats, labels, imgs = _clustered()
+    ex = EmbeddingExplorer(feats, imgs, labels, factors={"parity": labels % 2}, k=5, umap="off")
+    trace = ex.fig.data[0]
+    assert trace.type == "scattergl" and ex.point_hex() == [PALETTE[int(v)] for v in labels]
+    # hover shows that point's image
+    trace._dispatch_on_hover(points([7], [0.0], [0.0]), STATE)
+    assert ex.thumb.value == png_bytes(upscale(to_hwc(imgs[7]), 16)) and "#7" in ex.thumb_caption.value
+    # click: neighbours equal a brute-force cosine ranking
+    trace._dispatch_on_click(points([30], [0.0], [0.0]), STATE)
+    f = torch.nn.functional.normalize(feats, dim=1)
+    sims = f @ f[30]
+    sims[30] = -2
+    assert ex.neighbors.tolist() == sims.topk(5).indices.tolist()
+    assert (labels[ex.neighbors] == labels[30]).all() and ex.gallery.value.count("<img") == 6
+    # box selection shows the selected images; an empty one says so
+    trace._dispatch_on_selection(points([1, 2, 45]), BoxSelector(xrange=[0, 1], yrange=[0, 1]))
+    assert ex.selected.tolist() == [1, 2, 45] and "3 selected" in ex.gallery.value
+    assert ex.gallery.value.count("<img") == 3
+    trace._dispatch_on_selection(points([]), BoxSelector(xrange=[0, 1], yrange=[0, 1]))
+    assert "Empty selection" in ex.gallery.value
+    # colour dropdown
+    ex.color_by.value = "factor: parity"
+    assert ex.point_hex() == [PALETTE[int(v) % 2] for v in labels]
+    ex.color_by.value = "kNN correct"
+    assert set(ex.point_hex()) == {"#2ca02c"}  # well-separated clusters: all correct
+    ex.color_by.value = ex.color_by.options[2]  # k-means
+    km = ex.coloring(ex.color_by.value)
+    from sklearn.metrics import adjusted_rand_score
+    assert adjusted_rand_score(labels.numpy(), km) == 1.0
+    assert ex.projection.value == "PCA"
+    noisy = labels.clone()
+    noisy[0] = 3  # a class-0 point labelled 3: its neighbours vote 0, so it is drawn red
+    ex2 = EmbeddingExplorer(feats, imgs, noisy, umap="off")
+    ex2.color_by.value = "kNN correct"
+    hexes = ex2.point_hex()
+    assert hexes[0] == "#d62728" and set(hexes[1:]) == {"#2ca02c"}
+    ex.projection.value = "UMAP"  # not computed: message, PCA stays
+    assert "not ready" in ex.last_error and ex.projection.value == "PCA"
+    assert ex2.save(tmp_path / "emb.html") == "html"
+    assert "scattergl" in (tmp_path / "emb.html").read_text()
+    with pytest.warns(RuntimeWarning, match="PIL") if _no_kaleido() else _nullcontext():
+        ex2.save(tmp_path / "emb.png")
+    pic = decode_png((tmp_path / "emb.png").read_bytes())
+    red = (pic[..., 0] > 200) & (pic[..., 1] < 80) & (pic[..., 2] < 80)
+    assert red.any()  # the one kNN-wrong point is drawn in red
+
+
+def test_embedding_explorer_from_run_caches_coordinates(runs, shapes16):
+    ex = EmbeddingExplorer(runs["cnn"], shapes16, umap="off")
+    assert ex.last_error is None and ex.features.shape == (64, 32)
+    cached = list(runs["cnn"].cache_dir.glob("embedding-pca-*.npy"))
+    assert len(cached) == 1 and np.allclose(np.load(cached[0]), ex.coords["PCA"])
+    assert len(ex.color_by.options) >= 4  # label, shapes factors, k-means, kNN correct
+    bad = EmbeddingExplorer(torch.randn(10, 4), torch.zeros(3, 3, 8, 8, dtype=torch.uint8))
+    assert "N = 10" in bad.last_error
+
+
+# ---------------------------------------------------------------------------------------- TrainingMonitor
+def test_training_monitor_follows_folder_and_warns_on_collapse(tmp_path):
+    run = Run.create(tmp_path, "simclr", "shapes", {"method": "simclr"})
+    run.set_status("running")
+    d = 64
+    for s in range(1, 6):
+        run.log_metrics({"kind": "step", "step": s, "loss": 5.0 - s * 0.1, "lr": 0.1, "rankme": 40.0,
+                         "std": 1 / math.sqrt(d)})
+    mon = TrainingMonitor(run, dim=d, autostart=False)
+    assert len(mon.fig.data[0].x) == 5 and mon.warning.value == ""
+    for s in range(6, 12):
+        run.log_metrics({"kind": "step", "step": s, "loss": 4.0, "lr": 0.1, "rankme": 2.0, "std": 0.001})
+    run.log_metrics({"kind": "epoch", "epoch": 1, "step": 11, "knn_acc": 0.3})
+    assert mon.refresh() == 12
+    assert len(mon.fig.data[0].x) == 11 and list(mon.fig.data[2].y) == [0.3]
+    assert mon.collapse.collapsed and "possible collapse" in mon.warning.value
+    # the polling thread picks up new records on its own
+    mon.start(interval=0.05)
+    run.log_metrics({"kind": "step", "step": 12, "loss": 3.0, "lr": 0.1, "rankme": 2.0, "std": 0.001})
+    run.set_status("completed")
+    deadline = time.time() + 10
+    while len(mon.fig.data[0].x) < 12 and time.time() < deadline:
+        time.sleep(0.05)
+    mon.stop()
+    assert len(mon.fig.data[0].x) == 12 and "completed" in mon.header.value
+    assert mon.save(tmp_path / "mon.html") == "html" and "possible collapse" in (tmp_path / "mon.html").read_text()
+
+
+def test_training_monitor_attached_as_engine_callback(tmp_path):
+    from workbench.train import start_pretrain
+
+    mon = TrainingMonitor(min_interval=0.0)
+    handle = start_pretrain(_tiny("simclr", "small_cnn", tmp_path, {"width": 4}, epochs=2), callbacks=[mon])
+    run = handle.wait(timeout=300)
+    steps = [r for r in run.metrics() if r["kind"] == "step"]
+    assert mon.run is not None and mon.run.path == run.path
+    assert list(mon.fig.data[0].y) == pytest.approx([r["loss"] for r in steps])
+    assert len(mon.fig.data[2].x) == 2  # kNN accuracy per epoch
+    assert "completed" in mon.header.value and mon.dim == 32
+    fig = mon.to_figure()
+    assert len(fig.data) == 5
+
+
+# ---------------------------------------------------------------------------------------- RunBrowser
+def test_run_browser_filter_sort_select(tmp_path):
+    specs = [("simclr", 0.5), ("byol", 0.7), ("dino", 0.6)]
+    for i, (m, acc) in enumerate(specs):
+        r = Run.create(tmp_path, m, "shapes", {"method": m, "data": {"name": "shapes"},
+                                                "model": {"backbone": "small_cnn"}, "train": {"epochs": 3 + i}},
+                       name=f"run{i}-{m}")
+        for s in range(1, 4):
+            r.log_metrics({"kind": "step", "step": s, "loss": 5.0 - s, "rankme": 10.0 + i})
+        r.log_metrics({"kind": "epoch", "epoch": 1, "step": 3, "knn_acc": acc})
+        r.update_summary({"pretrain_knn_acc": acc, "linear_acc": acc + 0.1})
+        r.set_status("completed")
+    rb = RunBrowser(tmp_path)
+    assert list(rb.shown["run"]) == ["run0-simclr", "run1-byol", "run2-dino"]
+    assert list(rb.shown["epochs"]) == [3, 4, 5] and "linear_acc" in rb.table.columns
+    rb.sort.value = "knn_acc"
+    rb.descending.value = True
+    assert list(rb.select.options) == ["run1-byol", "run2-dino", "run0-simclr"]
+    rb.filter.value = "DINO"
+    assert list(rb.select.options) == ["run2-dino"] and "run0-simclr" not in rb.table_area.value
+    rb.filter.value = ""
+    assert "select one or more runs" in rb.compare_area.value
+    rb.select.value = ("run0-simclr", "run1-byol")
+    assert len(rb.fig.data) == 2 * 3
+    assert {t.name for t in rb.fig.data} == {"run0-simclr", "run1-byol"}
+    assert "run0-simclr" in rb.compare_area.value and "0.8" in rb.compare_area.value  # byol linear_acc
+    assert len(rb.to_figure().data) == 6
+    with pytest.warns(RuntimeWarning, match="PIL") if _no_kaleido() else _nullcontext():
+        rb.save(tmp_path / "runs.png")
+    pic = decode_png((tmp_path / "runs.png").read_bytes())
+    assert (pic != 255).any()  # curves were drawn
+    missing = RunBrowser(tmp_path / "nope")
+    assert "does not exist" in missing.last_error

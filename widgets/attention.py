@@ -1,0 +1,259 @@
+"""AttentionViewer: ViT attention per layer/head, DINO's thresholded mask, rollout; for every backbone a
+patch-similarity map (click a patch; also across a second image) and the PCA-of-patch-features image."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as W
+import numpy as np
+import torch
+
+from widgets._base import WidgetBase, as_images, guarded, image_figure
+from workbench.inspect.images import data_uri, overlay, png_bytes, to_hwc, upscale
+
+VIEWS = ("attention", "rollout", "attention mask", "patch similarity", "PCA")
+VIT_ONLY = ("attention", "rollout", "attention mask")
+
+
+def resolve_backbone(source: Any, checkpoint: str = "last") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """(backbone in eval mode, info) from a Run / run folder / checkpoint path, a (backbone, info) pair, or a
+    Backbone module (info empty)."""
+    from workbench.runs import Run
+
+    if isinstance(source, tuple) and len(source) == 2:
+        return source[0].eval(), dict(source[1])
+    if isinstance(source, (Run, str, Path)):
+        from workbench.train import load_pretrained
+
+        return load_pretrained(source, checkpoint)
+    if isinstance(source, torch.nn.Module):
+        return source.eval(), {}
+    raise ValueError(f"expected a run (Run or folder), a checkpoint path or a backbone, got {type(source).__name__}")
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images, in [0, 1] units (used when a bare backbone has no recorded ones)."""
+    x = images.float().div(255).transpose(0, 1).reshape(images.shape[1], -1)
+    return tuple(x.mean(1).tolist()), tuple(x.std(1).clamp_min(1e-3).tolist())
+
+
+class AttentionViewer(WidgetBase):
+    """Attention and patch views of ``images`` under a pretrained backbone.
+
+    ``source``: a run (Run or folder; backbone and normalisation from its checkpoint), a (backbone, info) pair or
+    a Backbone. ``images``: ImageDataset or uint8 [N, C, H, W] at the backbone's image size. Views: ``attention``
+    (CLS-to-patch attention of a layer and head or the mean over heads), ``rollout`` (all layers),
+    ``attention mask`` (DINO: the patches holding ``share`` of the mass) — ViT only; ``patch similarity`` (click
+    a patch of the left image; cosine similarity of every patch of the left and right image to it) and ``PCA``
+    (first three components of the patch features of both images as RGB) — every backbone, CNNs included.
+    """
+
+    def __init__(self, source: Any, images: Any, mean: tuple[float, ...] | None = None,
+                 std: tuple[float, ...] | None = None, checkpoint: str = "last", zoom: int | None = None):
+        super().__init__()
+        self.backbone, self.info, self.images = None, {}, None
+        self._maps: dict[int, list[torch.Tensor]] = {}
+        self._tokens: dict[int, torch.Tensor] = {}
+        self.grid: tuple[int, int] = (1, 1)
+        self.patch: tuple[int, int] = (0, 0)
+        self.heat: np.ndarray | None = None
+        self.pictures: list[np.ndarray] = []
+        self.png: bytes = b""
+        self.view = W.Dropdown(options=VIEWS, value="attention", description="view")
+        self.index = W.IntSlider(value=0, min=0, max=0, description="image")
+        self.second = W.IntSlider(value=0, min=0, max=0, description="2nd image")
+        self.layer = W.IntSlider(value=0, min=0, max=0, description="layer")
+        self.head = W.Dropdown(options=["mean"], value="mean", description="head")
+        self.opacity = W.FloatSlider(value=0.6, min=0.0, max=1.0, step=0.05, description="opacity")
+        self.share = W.FloatSlider(value=0.6, min=0.05, max=1.0, step=0.05, description="mass share")
+        self.pca_threshold = W.FloatSlider(value=0.0, min=0.0, max=0.95, step=0.05, description="PCA fg thr")
+        self.info_area = W.HTML()
+        import plotly.graph_objects as go
+
+        self.fig = go.FigureWidget(image_figure([np.zeros((4, 4, 3), np.uint8)] * 2, ["image", "second image"]))
+        self.fig.update_layout(height=380, width=720, clickmode="event")
+        controls = W.VBox([self.view, self.index, self.second, self.layer, self.head, self.opacity, self.share,
+                           self.pca_threshold])
+        self.widget = W.VBox([self.error, W.HBox([controls, self.fig]), self.info_area])
+        try:
+            self.backbone, self.info = resolve_backbone(source, checkpoint)
+            self.images = as_images(images)
+        except Exception as e:
+            self.show_error(str(e))
+            return
+        from workbench.inspect.attention import check_image_size
+
+        n = self.images.shape[0]
+        self.index.max = self.second.max = n - 1
+        self.second.value = min(1, n - 1)
+        if mean is None or std is None:
+            rec_mean, rec_std = self.info.get("mean"), self.info.get("std")
+            if rec_mean is not None and rec_std is not None:
+                mean, std = tuple(rec_mean), tuple(rec_std)
+            else:
+                mean, std = channel_stats(self.images)
+        self.mean, self.std = mean, std
+        self.zoom = zoom or max(1, 160 // self.images.shape[-1])
+        self.is_vit = getattr(self.backbone, "kind", None) == "vit"
+        if self.is_vit:
+            self.layer.max = len(self.backbone.vit.blocks) - 1
+            self.layer.value = self.layer.max
+            self.head.options = ["mean"] + list(range(self.backbone.num_heads))
+        else:
+            self.view.value = "patch similarity"
+            self.info_area.value = ("<i>CNN backbone: the attention views need a ViT; patch similarity and PCA "
+                                    "work here.</i>")
+        try:
+            check_image_size(self.backbone, self.images[:1])
+        except ValueError as e:
+            self.images_ok = False
+            self.show_error(str(e))
+            return
+        self.images_ok = True
+        self.fig.data[0].on_click(self.on_image_click)
+        for w in (self.view, self.index, self.second, self.layer, self.head, self.opacity, self.share,
+                  self.pca_threshold):
+            w.observe(self._on_change, names="value")
+        self.render()
+
+    # -- features, cached per image ----------------------------------------------------------------------------
+    CHUNK = 32
+
+    def _chunk(self, i: int) -> tuple[int, torch.Tensor]:
+        """Start index and normalised images of the chunk of ``CHUNK`` images holding image ``i`` (batched forward
+        passes: switching images afterwards only reads the cache)."""
+        from workbench.augment import normalize
+
+        start = (i // self.CHUNK) * self.CHUNK
+        return start, normalize(self.images[start:start + self.CHUNK], self.mean, self.std)
+
+    def maps(self, i: int) -> list[torch.Tensor]:
+        """Attention maps of image ``i`` (list per layer [1, heads, T, T]), computed once per chunk of images."""
+        from workbench.inspect.attention import attention_maps
+
+        if i not in self._maps:
+            start, x = self._chunk(i)
+            maps = attention_maps(self.backbone, x)
+            for k in range(x.shape[0]):
+                self._maps[start + k] = [m[k:k + 1] for m in maps]
+        return self._maps[i]
+
+    def tokens(self, i: int) -> torch.Tensor:
+        """Patch tokens of image ``i`` [L, D], computed once per chunk of images (sets ``grid``)."""
+        from workbench.inspect.patches import patch_tokens
+
+        if i not in self._tokens:
+            start, x = self._chunk(i)
+            t, self.grid = patch_tokens(self.backbone, x)
+            for k in range(x.shape[0]):
+                self._tokens[start + k] = t[k]
+        return self._tokens[i]
+
+    # -- handlers ----------------------------------------------------------------------------------------------
+    @guarded
+    def _on_change(self, change: Any = None) -> None:
+        self.render()
+
+    @guarded
+    def on_image_click(self, trace: Any, points: Any, state: Any = None) -> None:
+        """Plotly click on the left image: select the patch under the pointer and show its similarity map."""
+        from workbench.inspect.patches import patch_at_pixel
+
+        if not getattr(points, "xs", None):
+            return
+        self.tokens(self.index.value)
+        x, y = float(points.xs[0]) / self.zoom, float(points.ys[0]) / self.zoom
+        self.select_patch(*patch_at_pixel(x, y, self.images.shape[-1], self.grid))
+
+    @guarded
+    def select_patch(self, row: int, col: int) -> None:
+        """Choose the query patch (row, col) and switch to the patch-similarity view."""
+        from workbench.inspect.patches import patch_index
+
+        self.tokens(self.index.value)
+        patch_index(row, col, self.grid)  # range check
+        self.patch = (int(row), int(col))
+        if self.view.value != "patch similarity":
+            self.view.value = "patch similarity"  # triggers render
+        else:
+            self.render()
+
+    # -- rendering ---------------------------------------------------------------------------------------------
+    @guarded
+    def render(self) -> bytes:
+        """Compute the current view and update both panels; returns PNG bytes of the left panel."""
+        from workbench.inspect.attention import CNN_VIEWS_HINT, attention_image
+        from workbench.inspect.patches import patch_index, patch_similarity, pca_rgb
+        from workbench.inspect.attention import to_grid, upsample
+
+        if self.backbone is None or self.images is None or not self.images_ok:
+            raise ValueError(self.last_error or "no backbone or images")
+        i, j, view = self.index.value, self.second.value, self.view.value
+        size = self.images.shape[-1]
+        img_a, img_b = to_hwc(self.images[i]), to_hwc(self.images[j])
+        titles = [f"image {i}", f"image {j}"]
+        if view in ("attention", "rollout", "attention mask"):
+            if not self.is_vit:
+                self.pictures = [upscale(img_a, self.zoom), upscale(img_b, self.zoom)]
+                self._show(titles)
+                raise ValueError(f"the '{view}' view needs a ViT; this run's backbone is a "
+                                 f"{self.info.get('backbone', type(self.backbone).__name__)} (CNN): {CNN_VIEWS_HINT}")
+            kind = {"attention": "attention", "rollout": "rollout", "attention mask": "mask"}[view]
+            grid = self.backbone.grid
+            heats = [attention_image(self.maps(k), grid, size, kind, layer=self.layer.value, head=self.head.value,
+                                     share=self.share.value)[0] for k in (i, j)]
+            self.heat = heats[0]
+            pics = [overlay(img, h, self.opacity.value) for img, h in zip((img_a, img_b), heats)]
+            label = (f"layer {self.layer.value}, head {self.head.value}" if kind != "rollout" else "rollout")
+            if kind == "mask":
+                label += f", {self.share.value:.0%} of the mass"
+            titles = [f"image {i}: {label}", f"image {j}: {label}"]
+        elif view == "patch similarity":
+            ta, tb = self.tokens(i), self.tokens(j)
+            q = patch_index(*self.patch, self.grid)
+            sims = [patch_similarity(ta, q), patch_similarity(ta, q, tb)]
+            heats = [upsample(to_grid(s[None], self.grid), size, "nearest")[0].numpy() for s in sims]
+            lo, hi = min(h.min() for h in heats), max(h.max() for h in heats)
+            heats = [(h - lo) / max(hi - lo, 1e-12) for h in heats]
+            self.heat = heats[0]
+            pics = [overlay(img, h, self.opacity.value) for img, h in zip((img_a, img_b), heats)]
+            # outline the query patch
+            ph, pw = size // self.grid[0], size // self.grid[1]
+            r0, c0 = self.patch[0] * ph, self.patch[1] * pw
+            pics[0] = pics[0].copy()
+            pics[0][r0:r0 + ph, [c0, min(c0 + pw - 1, size - 1)]] = (0, 255, 0)
+            pics[0][[r0, min(r0 + ph - 1, size - 1)], c0:c0 + pw] = (0, 255, 0)
+            titles = [f"image {i}: similarity to patch {self.patch}", f"image {j}: similarity to that patch"]
+        elif view == "PCA":
+            t = torch.stack([self.tokens(i), self.tokens(j)])
+            thr = self.pca_threshold.value or None
+            rgb, _ = pca_rgb(t, self.grid, foreground_threshold=thr)
+            ups = upsample(torch.from_numpy(rgb).permute(0, 3, 1, 2).reshape(-1, *self.grid), size, "nearest")
+            rgb_px = ups.reshape(2, 3, size, size).permute(0, 2, 3, 1).numpy()
+            self.heat = rgb_px[0]
+            pics = [(np.clip(p, 0, 1) * 255).round().astype(np.uint8) for p in rgb_px]
+            titles = [f"image {i}: PCA of patch features", f"image {j}: PCA (joint fit)"]
+        else:
+            raise ValueError(f"unknown view {view!r}; choose one of {VIEWS}")
+        self.pictures = [upscale(p, self.zoom) for p in pics]
+        self._show(titles)
+        self.png = png_bytes(self.pictures[0])
+        self.clear_error()
+        return self.png
+
+    def _show(self, titles: list[str]) -> None:
+        with self.fig.batch_update():
+            for k, pic in enumerate(self.pictures):
+                self.fig.data[k].z = None
+                self.fig.data[k].source = data_uri(png_bytes(pic))
+            for k, t in enumerate(titles):
+                if k < len(self.fig.layout.annotations):
+                    self.fig.layout.annotations[k].text = t
+        self._titles = titles
+
+    def to_figure(self) -> Any:
+        """Both panels of the current view as a plotly figure (go.Image)."""
+        if not self.pictures:
+            raise ValueError(self.last_error or "nothing to show")
+        return image_figure(self.pictures, getattr(self, "_titles", None), title=f"{self.view.value}")

@@ -1,0 +1,274 @@
+"""EmbeddingExplorer: a WebGL scatter of up to ~70k feature vectors in 2-D (PCA at once, UMAP when computed,
+cached with the run), coloured by label / factor / k-means / kNN correctness; hover shows the image, click its
+nearest neighbours in feature space, box or lasso selection the selected images."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as W
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from widgets._base import WidgetBase, gallery_html, guarded
+from workbench.inspect.images import png_bytes, thumbnail_uri, to_hwc, upscale
+
+MAX_SELECTION_SHOWN = 48
+
+
+class EmbeddingExplorer(WidgetBase):
+    """Explore a feature space.
+
+    ``source``: features [N, D] (tensor/array), a FeatureSet (features, labels, factors), or a run (Run or folder:
+    its backbone embeds ``images``, or the run's test split when ``images`` is None). ``images``: ImageDataset or
+    uint8 [N, C, H, W] for thumbnails (optional); ``labels`` int [N]; ``factors`` name -> [N]. 2-D coordinates:
+    PCA immediately; ``umap="background"`` computes UMAP in a thread and switches to it when ready ("now":
+    before returning; "off": never). With a run, coordinates are cached in its ``cache/`` folder.
+    Handlers (the ones plotly calls): ``on_hover``, ``on_click``, ``on_selection`` (trace, points, state/selector).
+    """
+
+    def __init__(self, source: Any, images: Any = None, labels: Any = None, factors: dict[str, Any] | None = None,
+                 class_names: list[str] | None = None, k: int = 8, umap: str = "background",
+                 cache_dir: str | Path | None = None, n_clusters: int | None = None, checkpoint: str = "last"):
+        import plotly.graph_objects as go
+
+        super().__init__()
+        self.k = k
+        self.neighbors: np.ndarray = np.zeros(0, dtype=np.int64)
+        self.selected: np.ndarray = np.zeros(0, dtype=np.int64)
+        self.hovered: int | None = None
+        self.coords: dict[str, np.ndarray] = {}
+        self._colorings: dict[str, np.ndarray] = {}
+        self._umap_thread: threading.Thread | None = None
+        self.color_by = W.Dropdown(options=["label"], value="label", description="colour")
+        self.projection = W.ToggleButtons(options=["PCA", "UMAP"], value="PCA")
+        self.status = W.HTML()
+        self.thumb = W.Image(format="png", width=128, height=128)
+        self.thumb_caption = W.HTML()
+        self.gallery = W.HTML()
+        self.fig = go.FigureWidget()
+        self._plot_row = W.HBox([self.fig, W.VBox([self.thumb, self.thumb_caption])])
+        self.widget = W.VBox([self.error, W.HBox([self.color_by, self.projection]), self.status, self._plot_row,
+                              self.gallery])
+        try:
+            self._load(source, images, labels, factors, class_names, cache_dir, checkpoint)
+        except Exception as e:
+            self.show_error(str(e))
+            return
+        n = self.features.shape[0]
+        self.n_clusters = n_clusters or max(2, min(50, len(np.unique(self.labels[self.labels >= 0])) or 10))
+        self.color_by.options = (["label"] + [f"factor: {f}" for f in self.factors]
+                                 + [f"k-means ({self.n_clusters})", "kNN correct"])
+        self.coords["PCA"] = self._embed("pca")
+        from workbench.inspect.embedding import scatter_figure
+
+        fig = scatter_figure(self.coords["PCA"], self.coloring("label"), title="PCA")
+        fig.update_traces(hoverinfo="none")
+        fig.update_layout(width=620)
+        self.fig = go.FigureWidget(fig)
+        self._plot_row.children = (self.fig, self._plot_row.children[1])
+        trace = self.fig.data[0]
+        trace.on_hover(self.on_hover)
+        trace.on_click(self.on_click)
+        trace.on_selection(self.on_selection)
+        self.color_by.observe(self._on_color, names="value")
+        self.projection.observe(self._on_projection, names="value")
+        if umap == "now":
+            self.compute_umap()
+        elif umap == "background":
+            self.status.value = "<i>UMAP is computing in the background; PCA shown meanwhile.</i>"
+            self._umap_thread = threading.Thread(target=self.compute_umap, daemon=True, name="embedding-umap")
+            self._umap_thread.start()
+
+    # -- data ------------------------------------------------------------------------------------------------------
+    def _load(self, source: Any, images: Any, labels: Any, factors: Any, class_names: Any, cache_dir: Any,
+              checkpoint: str) -> None:
+        from workbench.runs import Run
+
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        ds = None
+        if images is not None and hasattr(images, "images"):
+            ds = images
+            images = ds.images
+        if isinstance(source, (Run, str, Path)):
+            from workbench.train import extract_features, load_pretrained
+
+            run = source if isinstance(source, Run) else Run(source)
+            backbone, info = load_pretrained(run, checkpoint)
+            if images is None:
+                import workbench.data as data_pkg
+
+                d = info.get("data") or {}
+                ds = data_pkg.load(d["name"], split="test", **dict(d.get("options", {})))
+                images = ds.images
+            from workbench.inspect.attention import check_image_size
+
+            check_image_size(backbone, images[:1])
+            feats = extract_features(backbone, images, info["mean"], info["std"], torch.device("cpu"))
+            self.cache_dir = self.cache_dir or run.cache_dir
+            class_names = class_names or info.get("class_names")
+        elif hasattr(source, "features"):  # FeatureSet
+            feats = source.features
+            labels = source.labels if labels is None else labels
+            factors = factors if factors is not None else getattr(source, "factors", {})
+            class_names = class_names or getattr(source, "class_names", None)
+        else:
+            feats = source
+        feats = feats if isinstance(feats, torch.Tensor) else torch.as_tensor(np.asarray(feats))
+        if feats.ndim != 2 or feats.shape[0] < 2:
+            raise ValueError(f"features must be [N, D] with N >= 2, got shape {tuple(feats.shape)}")
+        n = feats.shape[0]
+        if ds is not None:
+            labels = ds.labels if labels is None else labels
+            factors = factors if factors is not None else ds.factors
+            class_names = class_names or ds.class_names
+        if images is not None and (not isinstance(images, torch.Tensor) or images.shape[0] != n):
+            raise ValueError(f"images must be uint8 [N, C, H, W] with N = {n} (one per feature row), got "
+                             f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+        self.features = feats.float().cpu()
+        self.normed = F.normalize(self.features, dim=1)
+        self.images = images
+        self.labels = (np.asarray(labels).astype(np.int64) if labels is not None else np.full(n, -1, np.int64))
+        if self.labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {self.labels.shape}")
+        self.factors = {k: np.asarray(v) for k, v in (factors or {}).items()}
+        for kf, v in self.factors.items():
+            if v.shape[0] != n:
+                raise ValueError(f"factor {kf!r} has {v.shape[0]} values for {n} points")
+        self.class_names = list(class_names or [])
+
+    def _embed(self, method: str) -> np.ndarray:
+        from workbench.inspect.embedding import embedding_2d
+
+        return embedding_2d(self.features, method, cache_dir=self.cache_dir)
+
+    @guarded
+    def compute_umap(self) -> np.ndarray:
+        """Compute (or read from the cache) the UMAP coordinates and switch the plot to them."""
+        self.coords["UMAP"] = self._embed("umap")
+        self.status.value = "<i>UMAP ready.</i>"
+        self.projection.value = "UMAP"
+        self._show_projection()
+        return self.coords["UMAP"]
+
+    def label_name(self, i: int) -> str:
+        y = int(self.labels[i])
+        if y < 0:
+            return "unlabeled"
+        return self.class_names[y] if y < len(self.class_names) else str(y)
+
+    def coloring(self, name: str) -> np.ndarray:
+        """Per-point values of a colouring ("label", "factor: NAME", "k-means (K)", "kNN correct"), cached."""
+        from workbench.inspect.embedding import kmeans_labels, knn_correct
+
+        if name not in self._colorings:
+            if name == "label":
+                v = self.labels
+            elif name.startswith("factor: "):
+                v = self.factors[name[len("factor: "):]]
+            elif name.startswith("k-means"):
+                v = kmeans_labels(self.features, self.n_clusters)
+            elif name == "kNN correct":
+                if (self.labels < 0).all():
+                    raise ValueError("kNN correctness needs labels; none were given")
+                v = knn_correct(self.features, np.maximum(self.labels, 0), k=min(20, len(self.labels) - 1))
+            else:
+                raise ValueError(f"unknown colouring {name!r}; choose one of {list(self.color_by.options)}")
+            self._colorings[name] = np.asarray(v)
+        return self._colorings[name]
+
+    def point_hex(self) -> list[str]:
+        """The colour each point is drawn in now (hex), through the trace's discrete colour scale."""
+        from workbench.inspect.embedding import spec_colors
+
+        return spec_colors(self.fig.data[0].marker)
+
+    # -- handlers ----------------------------------------------------------------------------------------------
+    @guarded
+    def _on_color(self, change: Any = None) -> None:
+        from workbench.inspect.embedding import color_spec
+
+        self.fig.data[0].marker.update(color_spec(self.coloring(self.color_by.value)))
+        self.clear_error()
+
+    @guarded
+    def _on_projection(self, change: Any = None) -> None:
+        if self.projection.value not in self.coords:
+            self.projection.value = "PCA"
+            raise ValueError("UMAP coordinates are not ready yet (computing in the background); PCA is shown")
+        self._show_projection()
+
+    def _show_projection(self) -> None:
+        c = self.coords[self.projection.value]
+        with self.fig.batch_update():
+            self.fig.data[0].x = c[:, 0]
+            self.fig.data[0].y = c[:, 1]
+            self.fig.layout.title = self.projection.value
+
+    def _image_png(self, i: int, size: int = 128) -> bytes:
+        img = to_hwc(self.images[i])
+        return png_bytes(upscale(img, max(1, size // max(img.shape[:2]))))
+
+    @guarded
+    def on_hover(self, trace: Any, points: Any, state: Any = None) -> None:
+        """Show the hovered point's image and label beside the plot."""
+        inds = list(getattr(points, "point_inds", []) or [])
+        if not inds:
+            return
+        i = int(inds[0])
+        self.hovered = i
+        if self.images is not None:
+            self.thumb.value = self._image_png(i)
+        extra = "".join(f", {k}={v[i]}" for k, v in self.factors.items())
+        self.thumb_caption.value = f"#{i}: {self.label_name(i)}{extra}"
+
+    @guarded
+    def on_click(self, trace: Any, points: Any, state: Any = None) -> None:
+        """Show the clicked point's ``k`` nearest neighbours (cosine, in feature space) as a gallery with labels."""
+        from workbench.inspect.embedding import nearest_neighbors
+
+        inds = list(getattr(points, "point_inds", []) or [])
+        if not inds:
+            return
+        i = int(inds[0])
+        idx, sims = nearest_neighbors(self.normed, [i], k=self.k, normalized=True)
+        self.neighbors = idx[0]
+        caps = [f"#{j} {self.label_name(j)} ({s:.2f})" for j, s in zip(idx[0], sims[0])]
+        head = f"<b>{self.k} nearest neighbours of #{i} ({self.label_name(i)})</b><br>"
+        if self.images is not None:
+            uris = [thumbnail_uri(self.images[j], 64) for j in [i, *idx[0]]]
+            self.gallery.value = head + gallery_html(uris, [f"query #{i} {self.label_name(i)}", *caps])
+        else:
+            self.gallery.value = head + "<br>".join(caps)
+        self.clear_error()
+
+    @guarded
+    def on_selection(self, trace: Any, points: Any, selector: Any = None) -> None:
+        """Show the images inside a box or lasso selection (the first 48, with the count and label mix)."""
+        inds = np.asarray(list(getattr(points, "point_inds", []) or []), dtype=np.int64)
+        self.selected = inds
+        if inds.size == 0:
+            self.gallery.value = ("<b>Empty selection</b>: no point lies inside the box or lasso; drag around "
+                                  "some points (toolbar: box select or lasso select).")
+            return
+        vals, counts = np.unique(self.labels[inds], return_counts=True)
+        mix = ", ".join(f"{self.label_name(int(np.flatnonzero(self.labels == v)[0]))}: {c}"
+                        for v, c in sorted(zip(vals, counts), key=lambda t: -t[1])[:10])
+        head = f"<b>{inds.size} selected</b> ({mix})<br>"
+        shown = inds[:MAX_SELECTION_SHOWN]
+        if self.images is not None:
+            self.gallery.value = head + gallery_html([thumbnail_uri(self.images[j], 48) for j in shown],
+                                                     [f"#{j} {self.label_name(j)}" for j in shown], 48)
+        else:
+            self.gallery.value = head
+        self.clear_error()
+
+    def to_figure(self) -> Any:
+        """The scatter as shown (current projection and colouring) as a plain plotly figure."""
+        import plotly.graph_objects as go
+
+        if not self.coords:
+            raise ValueError(self.last_error or "nothing to show")
+        return go.Figure(self.fig) if isinstance(self.fig, go.FigureWidget) else self.fig

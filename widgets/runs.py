@@ -1,0 +1,115 @@
+"""RunBrowser: a table of the runs in a folder, filter and sort, select several to overlay their curves and
+compare their summaries."""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as W
+
+from widgets._base import WidgetBase, guarded
+from workbench.inspect.curves import curves_figure, runs_table
+
+
+class RunBrowser(WidgetBase):
+    """Runs under ``runs_dir`` (``workbench.runs.list_runs``): method, data, backbone, epochs, status and key
+    summary metrics. ``filter`` (text, matched case-insensitively against every column), ``sort`` (column) and
+    ``descending``; ``select`` (several run names) overlays their curves and tabulates their summaries."""
+
+    def __init__(self, runs_dir: str | Path = "runs", metrics: tuple[str, ...] = ("loss", "knn_acc", "rankme")):
+        import plotly.graph_objects as go
+
+        super().__init__()
+        self.runs_dir = Path(runs_dir)
+        self.curve_metrics = metrics
+        self.table = None
+        self.shown = None
+        self.filter = W.Text(value="", description="filter", placeholder="method, data, status…")
+        self.sort = W.Dropdown(options=["run"], value="run", description="sort by")
+        self.descending = W.Checkbox(value=False, description="descending")
+        self.select = W.SelectMultiple(options=[], description="compare", rows=8)
+        self.refresh_button = W.Button(description="refresh")
+        self.table_area = W.HTML()
+        self.compare_area = W.HTML()
+        self.fig = go.FigureWidget(curves_figure({}, metrics, cols=len(metrics)))
+        self.widget = W.VBox([self.error, W.HBox([self.filter, self.sort, self.descending, self.refresh_button]),
+                              self.table_area, self.select, self.fig, self.compare_area])
+        self.filter.observe(self._on_table, names="value")
+        self.sort.observe(self._on_table, names="value")
+        self.descending.observe(self._on_table, names="value")
+        self.select.observe(self._on_select, names="value")
+        self.refresh_button.on_click(lambda _: self.refresh())
+        self.refresh()
+
+    @guarded
+    def refresh(self) -> None:
+        """Re-scan the runs folder and redraw."""
+        from workbench.runs import list_runs
+
+        if not self.runs_dir.is_dir():
+            raise FileNotFoundError(f"runs folder {self.runs_dir} does not exist (pretrain something first, "
+                                    "or pass the folder your runs are in)")
+        self._runs = {r.path.name: r for r in list_runs(self.runs_dir)}
+        self.table = runs_table(list(self._runs.values()))
+        cols = list(self.table.columns)
+        keep = self.sort.value if self.sort.value in cols else "run"
+        self.sort.options = cols
+        self.sort.value = keep
+        self._update_table()
+        self.clear_error()
+
+    @guarded
+    def _on_table(self, change: Any = None) -> None:
+        self._update_table()
+
+    def _update_table(self) -> None:
+        df = self.table
+        q = self.filter.value.strip().lower()
+        if q and len(df):
+            mask = df.astype(str).apply(lambda col: col.str.lower().str.contains(q, regex=False)).any(axis=1)
+            df = df[mask]
+        if len(df) and self.sort.value in df.columns:
+            df = df.sort_values(self.sort.value, ascending=not self.descending.value, na_position="last", kind="stable")
+        self.shown = df
+        if len(df):
+            self.table_area.value = df.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")
+        else:
+            self.table_area.value = ("<i>no runs match the filter</i>" if len(self.table)
+                                     else f"<i>no runs in {html.escape(str(self.runs_dir))} yet</i>")
+        names = list(df["run"]) if len(df) else []
+        selected = tuple(s for s in self.select.value if s in names)
+        self.select.options = names
+        self.select.value = selected
+        self._update_compare()
+
+    @guarded
+    def _on_select(self, change: Any = None) -> None:
+        self._update_compare()
+
+    def _update_compare(self) -> None:
+        sel = list(self.select.value)
+        fig = curves_figure({n: self._runs[n].metrics() for n in sel}, self.curve_metrics,
+                            cols=len(self.curve_metrics))
+        with self.fig.batch_update():
+            self.fig.data = []
+            self.fig.add_traces(list(fig.data), rows=[1] * len(fig.data),
+                                cols=[1 + (k % len(self.curve_metrics)) for k in range(len(fig.data))])
+        if not sel:
+            self.compare_area.value = "<i>select one or more runs above to overlay their curves and summaries</i>"
+            return
+        import pandas as pd
+
+        rows = self.table.set_index("run").loc[sel]
+        flat = {n: {k: v for k, v in self._runs[n].summary.items() if isinstance(v, (int, float, str))}
+                for n in sel}
+        extra = pd.DataFrame(flat).T.reindex(sel)
+        comp = rows.join(extra[[c for c in extra.columns if c not in rows.columns]]).T
+        self.compare_area.value = comp.to_html(float_format=lambda v: f"{v:.4g}", na_rep="")
+
+    def to_figure(self) -> Any:
+        """Curves of the selected runs (all shown runs when none is selected), overlaid."""
+        names = list(self.select.value) or (list(self.shown["run"]) if self.shown is not None and len(self.shown)
+                                            else [])
+        return curves_figure({n: self._runs[n].metrics() for n in names}, self.curve_metrics,
+                             cols=len(self.curve_metrics), title=f"runs in {self.runs_dir}")

@@ -1,0 +1,132 @@
+"""ViT attention views: CLS-to-patch attention per layer and head, DINO's thresholded attention mask,
+attention rollout (Abnar & Zuidema 2020), upsampling to image size and overlays.
+
+Attention tensors are the backbone's ``attention_maps(x)``: one softmax tensor per layer, [B, heads, T, T]
+with T = 1 + L (CLS first, then L patches in row-major order).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CNN_VIEWS_HINT = ("attention maps need a ViT backbone (vit_tiny, vit_small); for a CNN use the "
+                  "patch-similarity and PCA-of-patch-features views, which work for every backbone")
+
+
+class NotAViTError(ValueError):
+    """Raised when an attention view is asked of a backbone without attention (a CNN)."""
+
+
+def check_vit(backbone: torch.nn.Module) -> None:
+    """Raise NotAViTError (naming the views that do work) unless ``backbone`` is a ViT."""
+    if getattr(backbone, "kind", None) != "vit" or not hasattr(backbone, "attention_maps"):
+        raise NotAViTError(f"this backbone is a {type(backbone).__name__} ({getattr(backbone, 'kind', '?')}): "
+                           + CNN_VIEWS_HINT)
+
+
+def check_image_size(backbone: torch.nn.Module, images: torch.Tensor) -> None:
+    """Raise ValueError unless images [B, C, H, W] match the backbone's input size and channels."""
+    size, chans = getattr(backbone, "image_size", None), getattr(backbone, "in_chans", None)
+    if images.ndim != 4:
+        raise ValueError(f"images must be [B, C, H, W], got shape {tuple(images.shape)}")
+    if size is not None and tuple(images.shape[-2:]) != (size, size):
+        raise ValueError(f"images are {images.shape[-2]}x{images.shape[-1]} px but the backbone was trained on "
+                         f"{size}x{size} px; resize the images (or load the data set with size={size})")
+    if chans is not None and images.shape[1] != chans:
+        raise ValueError(f"images have {images.shape[1]} channel(s) but the backbone takes {chans}")
+
+
+@torch.no_grad()
+def attention_maps(backbone: torch.nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """Per-layer attention [B, heads, T, T] of normalised float images [B, C, H, W] (checks ViT and size)."""
+    check_vit(backbone)
+    check_image_size(backbone, images)
+    return [a.float().cpu() for a in backbone.attention_maps(images)]
+
+
+def cls_attention(maps: Sequence[torch.Tensor] | torch.Tensor, layer: int = -1) -> torch.Tensor:
+    """CLS-to-patch attention of one layer: [B, heads, L] (the CLS query row, patch key columns)."""
+    a = maps[layer]
+    return a[:, :, 0, 1:]
+
+
+def head_attention(maps: Sequence[torch.Tensor], layer: int = -1, head: int | str = "mean") -> torch.Tensor:
+    """CLS-to-patch attention [B, L] of ``head`` (an index) or the mean over heads (``"mean"``)."""
+    a = cls_attention(maps, layer)
+    if head == "mean":
+        return a.mean(dim=1)
+    h = int(head)
+    if not -a.shape[1] <= h < a.shape[1]:
+        raise ValueError(f"head={head} is out of range; this layer has {a.shape[1]} heads (or use 'mean')")
+    return a[:, h]
+
+
+def threshold_mass(attn: torch.Tensor, share: float = 0.6) -> torch.Tensor:
+    """DINO's thresholded attention: bool [B, L] keeping the largest patches whose attention (renormalised
+    to sum to 1) reaches ``share`` of the mass. As DINO's visualize_attention.py: sort ascending, keep
+    where the cumulative mass exceeds 1 - share."""
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"share={share} must be in (0, 1]")
+    a = attn.float()
+    val, idx = torch.sort(a, dim=-1)
+    val = val / val.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    keep_sorted = torch.cumsum(val, dim=-1) > (1 - share)
+    return torch.gather(keep_sorted, -1, torch.argsort(idx, dim=-1))
+
+
+def attention_rollout(maps: Sequence[torch.Tensor], residual: float = 0.5, head_fusion: str = "mean",
+                      start_layer: int = 0) -> torch.Tensor:
+    """Attention rollout [B, T, T]: per layer A' = residual * I + (1 - residual) * fuse_heads(A), rows
+    renormalised to sum to 1, multiplied from the first layer up (R = A'_L ... A'_1). The CLS row
+    ``R[:, 0, 1:]`` is the patch relevance map. ``head_fusion``: mean, max or min over heads."""
+    if head_fusion not in ("mean", "max", "min"):
+        raise ValueError(f"head_fusion={head_fusion!r} must be 'mean', 'max' or 'min'")
+    result = None
+    for a in list(maps)[start_layer:]:
+        a = a.float()
+        fused = {"mean": a.mean(dim=1), "max": a.amax(dim=1), "min": a.amin(dim=1)}[head_fusion]
+        eye = torch.eye(fused.shape[-1], dtype=fused.dtype).expand_as(fused)
+        a2 = residual * eye + (1 - residual) * fused
+        a2 = a2 / a2.sum(dim=-1, keepdim=True)
+        result = a2 if result is None else a2 @ result
+    if result is None:
+        raise ValueError("attention_rollout: no layers given")
+    return result
+
+
+def to_grid(values: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Per-patch values [B, L] (row-major) -> [B, h, w]."""
+    h, w = grid
+    if values.shape[-1] != h * w:
+        raise ValueError(f"to_grid: {values.shape[-1]} values do not fill a {h}x{w} grid")
+    return values.reshape(*values.shape[:-1], h, w)
+
+
+def upsample(maps: torch.Tensor, size: int | tuple[int, int], mode: str = "nearest") -> torch.Tensor:
+    """Patch maps [B, h, w] -> [B, H, W] at image size (``nearest`` keeps patch blocks; ``bilinear`` smooths)."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    x = maps.float().unsqueeze(1)
+    out = F.interpolate(x, size=size, mode=mode, **({} if mode == "nearest" else {"align_corners": False}))
+    return out.squeeze(1)
+
+
+def attention_image(maps: Sequence[torch.Tensor], grid: tuple[int, int], image_size: int, kind: str = "attention",
+                    layer: int = -1, head: int | str = "mean", share: float = 0.6, residual: float = 0.5,
+                    mode: str = "nearest") -> np.ndarray:
+    """The heat map [B, H, W] (float in [0, 1] per image) of one attention view: ``attention`` (layer, head),
+    ``rollout`` (all layers), or ``mask`` (DINO threshold of layer/head at ``share`` of the mass; 0/1)."""
+    if kind == "attention":
+        vals = head_attention(maps, layer, head)
+    elif kind == "rollout":
+        vals = attention_rollout(maps, residual)[:, 0, 1:]
+    elif kind == "mask":
+        vals = threshold_mass(head_attention(maps, layer, head), share).float()
+    else:
+        raise ValueError(f"kind={kind!r} must be 'attention', 'rollout' or 'mask'")
+    up = upsample(to_grid(vals, grid), image_size, mode).numpy()
+    lo = up.reshape(up.shape[0], -1).min(1)[:, None, None]
+    hi = up.reshape(up.shape[0], -1).max(1)[:, None, None]
+    return np.where(hi > lo, (up - lo) / np.where(hi > lo, hi - lo, 1), 0.0).astype(np.float32)

@@ -1,0 +1,144 @@
+"""Training curves from metrics.jsonl records (loss, lr, kNN accuracy, RankMe, embedding std), the collapse
+rule, run tables for the run browser, and curve figures (single run or overlaid runs).
+
+Collapse rule (:func:`collapse_status`), on the median of the last ``window`` step records:
+- **std**: the per-dimension std of L2-normalised embeddings is about 1/sqrt(D) when they spread over the
+  sphere and 0 under complete collapse (SimSiam, Sec. 4.1). Warn when ``std < std_fraction / sqrt(D)``
+  (default 0.3/sqrt(D)). Where D is unknown, warn when std fell below ``std_fraction`` of its early value.
+- **RankMe**: the effective rank of the embeddings; warn when it fell below ``rankme_fraction`` (default
+  0.25) of its early value (median of the first ``window`` step records) — dimensional collapse.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+CURVE_METRICS = ("loss", "lr", "knn_acc", "rankme", "std")
+CURVE_TITLES = {"loss": "loss", "lr": "learning rate", "knn_acc": "kNN accuracy", "rankme": "RankMe",
+                "std": "embedding std (normalised)"}
+
+
+def split_records(records: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(step records, epoch records) of a metrics.jsonl list (records without ``kind`` count as steps)."""
+    steps, epochs = [], []
+    for r in records:
+        (epochs if r.get("kind") == "epoch" else steps).append(r)
+    return steps, epochs
+
+
+def series(records: Sequence[dict[str, Any]], metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(step, value) float arrays of ``metric`` over the step records, or the epoch records for ``knn_acc``
+    (records without a finite value are skipped)."""
+    steps, epochs = split_records(records)
+    src = epochs if metric == "knn_acc" else steps
+    xs, ys = [], []
+    for r in src:
+        v = r.get(metric)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            xs.append(float(r.get("step", len(xs))))
+            ys.append(float(v))
+    return np.asarray(xs), np.asarray(ys)
+
+
+@dataclass
+class CollapseStatus:
+    """Result of the collapse rule: ``collapsed`` when any reason fired; the values it compared."""
+
+    collapsed: bool
+    reasons: list[str] = field(default_factory=list)
+    std: float | None = None
+    std_threshold: float | None = None
+    rankme: float | None = None
+    rankme_early: float | None = None
+
+    @property
+    def message(self) -> str:
+        return ("possible collapse: " + "; ".join(self.reasons)) if self.collapsed else "no sign of collapse"
+
+
+def collapse_status(records: Sequence[dict[str, Any]], dim: int | None = None, std_fraction: float = 0.3,
+                    rankme_fraction: float = 0.25, window: int = 3) -> CollapseStatus:
+    """Apply the module's collapse rule to metric records; ``dim`` = embedding dimension D (None: unknown)."""
+    _, std = series(records, "std")
+    _, rk = series(records, "rankme")
+    st = CollapseStatus(False)
+    if std.size:
+        st.std = float(np.median(std[-window:]))
+        if dim:
+            st.std_threshold = std_fraction / math.sqrt(dim)
+        elif std.size > window:
+            st.std_threshold = std_fraction * float(np.median(std[:window]))
+        if st.std_threshold is not None and st.std < st.std_threshold:
+            st.reasons.append(f"embedding std {st.std:.4f} < {st.std_threshold:.4f}"
+                              + (f" (= {std_fraction}/sqrt({dim}))" if dim else f" ({std_fraction} x its early value)"))
+    if rk.size > window:
+        st.rankme = float(np.median(rk[-window:]))
+        st.rankme_early = float(np.median(rk[:window]))
+        if st.rankme < rankme_fraction * st.rankme_early:
+            st.reasons.append(f"RankMe {st.rankme:.1f} < {rankme_fraction} x its early value {st.rankme_early:.1f}")
+    st.collapsed = bool(st.reasons)
+    return st
+
+
+def curves_figure(runs: dict[str, Sequence[dict[str, Any]]], metrics: Sequence[str] = CURVE_METRICS,
+                  dim: int | None = None, title: str = "", cols: int = 3) -> Any:
+    """Plotly figure with one subplot per metric and one line per run (``runs``: name -> records).
+    With ``dim``, the std panel shows the healthy 1/sqrt(D) level and the collapse threshold."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from workbench.inspect.images import PALETTE
+
+    rows = math.ceil(len(metrics) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[CURVE_TITLES.get(m, m) for m in metrics])
+    for i, (name, recs) in enumerate(runs.items()):
+        color = PALETTE[i % len(PALETTE)]
+        for j, m in enumerate(metrics):
+            x, y = series(recs, m)
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers" if m == "knn_acc" or len(x) < 3 else "lines",
+                                     name=name, legendgroup=name, showlegend=j == 0, line=dict(color=color),
+                                     marker=dict(color=color)),
+                          row=j // cols + 1, col=j % cols + 1)
+    if dim and "std" in metrics:
+        j = list(metrics).index("std")
+        fig.add_hline(y=1 / math.sqrt(dim), line_dash="dot", line_color="green", row=j // cols + 1, col=j % cols + 1)
+        fig.add_hline(y=0.3 / math.sqrt(dim), line_dash="dash", line_color="red", row=j // cols + 1,
+                      col=j % cols + 1)
+    fig.update_layout(title=title, height=280 * rows, margin=dict(l=40, r=10, t=60, b=30))
+    fig.update_xaxes(title_text="step")
+    return fig
+
+
+def run_row(run: Any) -> dict[str, Any]:
+    """One table row of a Run: name, method, data, backbone, epochs, status, and key summary metrics."""
+    cfg, summ, status = run.config, run.summary, run.status
+    train = cfg.get("train", {}) if isinstance(cfg.get("train"), dict) else {}
+    data = cfg.get("data", {})
+    model = cfg.get("model", {})
+    pre = summ.get("pretrain", {}) if isinstance(summ.get("pretrain"), dict) else {}
+    row = {
+        "run": run.path.name,
+        "method": cfg.get("method", ""),
+        "data": data.get("name", "") if isinstance(data, dict) else str(data),
+        "backbone": model.get("backbone", "") if isinstance(model, dict) else str(model),
+        "epochs": train.get("epochs"),
+        "status": status.get("status", ""),
+        "knn_acc": summ.get("pretrain_knn_acc", pre.get("knn_acc")),
+        "train_loss": pre.get("train_loss"),
+    }
+    for k, v in summ.items():  # flat numeric summary values (evaluation results) become columns
+        if k not in row and isinstance(v, (int, float)) and not isinstance(v, bool):
+            row[k] = v
+    return row
+
+
+def runs_table(runs: Sequence[Any]) -> Any:
+    """pandas DataFrame of :func:`run_row` for each run (one row per run folder)."""
+    import pandas as pd
+
+    cols = ["run", "method", "data", "backbone", "epochs", "status", "knn_acc", "train_loss"]
+    df = pd.DataFrame([run_row(r) for r in runs])
+    return df if len(df) else pd.DataFrame(columns=cols)

@@ -1,0 +1,308 @@
+"""Image helpers for the inspection views: tensors -> uint8 HWC arrays, grids, PNG bytes, data URIs,
+heat-map colouring and alpha compositing, and a small PIL renderer of plotly figures (PNG without Chrome).
+
+Arrays returned here are numpy uint8 [H, W, 3] (RGB) unless stated; inputs may be uint8 tensors
+[C, H, W] / [B, C, H, W] (C = 1 or 3) or float tensors in [0, 1].
+"""
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+
+def to_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
+    """One image uint8/float [C, H, W] tensor (or HWC/HW numpy) -> uint8 [H, W, 3] RGB (gray repeated)."""
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        if t.dtype != torch.uint8:
+            t = (t.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        if t.ndim == 2:
+            t = t.unsqueeze(0)
+        if t.ndim != 3:
+            raise ValueError(f"to_hwc: expected an image [C, H, W], got shape {tuple(image.shape)}")
+        arr = t.permute(1, 2, 0).numpy()
+    else:
+        arr = np.asarray(image)
+        if arr.dtype != np.uint8:
+            arr = (np.clip(arr.astype(np.float32), 0, 1) * 255).round().astype(np.uint8)
+        if arr.ndim == 2:
+            arr = arr[..., None]
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    if arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    return np.ascontiguousarray(arr)
+
+
+def denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Normalised float images [B, C, H, W] -> uint8 [B, C, H, W] (inverse of ``workbench.augment.normalize``)."""
+    c = x.shape[1]
+    m = torch.as_tensor(list(mean) * (c if len(mean) == 1 else 1), dtype=torch.float32).view(1, -1, 1, 1)[:, :c]
+    s = torch.as_tensor(list(std) * (c if len(std) == 1 else 1), dtype=torch.float32).view(1, -1, 1, 1)[:, :c]
+    return ((x.detach().float().cpu() * s + m).clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def upscale(arr: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of an [H, W(, C)] array by an integer ``factor`` (crisp pixels for small images)."""
+    if factor <= 1:
+        return arr
+    return np.repeat(np.repeat(arr, factor, axis=0), factor, axis=1)
+
+
+def display_scale(size: int, target: int = 128) -> int:
+    """Integer zoom that shows a ``size`` px image at about ``target`` px."""
+    return max(1, int(round(target / max(1, size))))
+
+
+def image_grid(cells: Sequence[Sequence[np.ndarray | None]], pad: int = 2, background: int = 255) -> np.ndarray:
+    """Rows of uint8 HWC cells (None = empty) -> one uint8 [H, W, 3] grid; cells are top-left aligned in
+    equal-size slots (the largest cell of each column / row sets the slot)."""
+    rows = [list(r) for r in cells]
+    ncol = max((len(r) for r in rows), default=0)
+    if not rows or ncol == 0:
+        raise ValueError("image_grid: no cells to draw")
+    col_w = [max((r[j].shape[1] for r in rows if j < len(r) and r[j] is not None), default=1) for j in range(ncol)]
+    row_h = [max((c.shape[0] for c in r if c is not None), default=1) for r in rows]
+    out = np.full((sum(row_h) + pad * (len(rows) + 1), sum(col_w) + pad * (ncol + 1), 3), background, np.uint8)
+    y = pad
+    for i, r in enumerate(rows):
+        x = pad
+        for j in range(ncol):
+            c = r[j] if j < len(r) else None
+            if c is not None:
+                c = to_hwc(c)
+                out[y:y + c.shape[0], x:x + c.shape[1]] = c
+            x += col_w[j] + pad
+        y += row_h[i] + pad
+    return out
+
+
+def png_bytes(image: np.ndarray | torch.Tensor) -> bytes:
+    """uint8 image (HWC numpy or [C, H, W] tensor) -> PNG file bytes (PIL)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(to_hwc(image)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """PNG bytes -> uint8 [H, W, 3] (for tests and round trips)."""
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def data_uri(png: bytes) -> str:
+    """PNG bytes -> ``data:image/png;base64,...`` (for <img src> in HTML galleries and hover thumbnails)."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def thumbnail_uri(image: torch.Tensor | np.ndarray, size: int = 64) -> str:
+    """One image -> data URI of a PNG thumbnail about ``size`` px wide (nearest-neighbour zoom, never shrunk
+    below the source resolution for small images)."""
+    arr = to_hwc(image)
+    return data_uri(png_bytes(upscale(arr, max(1, size // max(arr.shape[:2])))))
+
+
+# ----------------------------------------------------------------------------------- colour maps, compositing
+_CMAPS = {  # anchor colours (evenly spaced in [0, 1]) of perceptual maps, linearly interpolated
+    "inferno": [(0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66), (245, 125, 21),
+                (250, 193, 39), (252, 255, 164)],
+    "viridis": [(68, 1, 84), (70, 50, 126), (54, 92, 141), (39, 127, 142), (31, 161, 135), (74, 193, 109),
+                (160, 218, 57), (253, 231, 37)],
+    "jet": [(0, 0, 128), (0, 0, 255), (0, 128, 255), (0, 255, 255), (128, 255, 128), (255, 255, 0),
+            (255, 128, 0), (255, 0, 0)],
+}
+
+
+def colormap(values: np.ndarray, name: str = "inferno") -> np.ndarray:
+    """Values in [0, 1] (any shape) -> float RGB in [0, 1] of shape [..., 3] through the named colour map."""
+    if name not in _CMAPS:
+        raise ValueError(f"colormap: unknown map {name!r}; known: {sorted(_CMAPS)}")
+    anchors = np.asarray(_CMAPS[name], dtype=np.float32) / 255.0
+    v = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float32)), 0, 1) * (len(anchors) - 1)
+    lo = np.floor(v).astype(int).clip(0, len(anchors) - 2)
+    frac = (v - lo)[..., None]
+    return anchors[lo] * (1 - frac) + anchors[lo + 1] * frac
+
+
+def minmax(x: np.ndarray | torch.Tensor, axis: Any = None) -> np.ndarray:
+    """Min-max normalisation to [0, 1] (over ``axis``; constant input -> zeros)."""
+    a = np.asarray(x.detach().cpu().float() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+    lo, hi = a.min(axis=axis, keepdims=True), a.max(axis=axis, keepdims=True)
+    return np.where(hi > lo, (a - lo) / np.where(hi > lo, hi - lo, 1), 0.0).astype(np.float32)
+
+
+def heat_rgba(heat: np.ndarray, opacity: float = 0.6, cmap: str = "inferno", weight_by_value: bool = False) -> np.ndarray:
+    """Heat map [H, W] in [0, 1] -> float RGBA [H, W, 4]: colour from ``cmap``, alpha = ``opacity``
+    (times the value when ``weight_by_value``, so low attention stays transparent)."""
+    rgb = colormap(heat, cmap)
+    alpha = np.full(heat.shape, float(opacity), np.float32)
+    if weight_by_value:
+        alpha = alpha * np.clip(heat, 0, 1)
+    return np.concatenate([rgb, alpha[..., None]], axis=-1)
+
+
+def composite(image: np.ndarray | torch.Tensor, rgba: np.ndarray) -> np.ndarray:
+    """Alpha-composite a float RGBA layer [H, W, 4] over an image (uint8 HWC or [C, H, W]) -> uint8 [H, W, 3]
+    (``out = (1 - a) * image + a * colour``)."""
+    base = to_hwc(image).astype(np.float32) / 255.0
+    if base.shape[:2] != rgba.shape[:2]:
+        raise ValueError(f"composite: layer {rgba.shape[:2]} and image {base.shape[:2]} differ in size")
+    a = rgba[..., 3:4]
+    return (np.clip((1 - a) * base + a * rgba[..., :3], 0, 1) * 255).round().astype(np.uint8)
+
+
+def overlay(image: np.ndarray | torch.Tensor, heat: np.ndarray, opacity: float = 0.6, cmap: str = "inferno") -> np.ndarray:
+    """Heat map [H, W] (any range: min-max normalised here) over ``image`` at ``opacity`` -> uint8 [H, W, 3]."""
+    return composite(image, heat_rgba(minmax(heat), opacity, cmap))
+
+
+def mask_overlay(image: np.ndarray | torch.Tensor, mask: np.ndarray, color: Sequence[int] = (255, 0, 0),
+                 opacity: float = 0.5) -> np.ndarray:
+    """Tint the pixels where bool ``mask`` [H, W] is True with ``color`` at ``opacity`` -> uint8 [H, W, 3]."""
+    m = np.asarray(mask, dtype=np.float32)
+    rgba = np.zeros(m.shape + (4,), np.float32)
+    rgba[..., :3] = np.asarray(color, np.float32) / 255.0
+    rgba[..., 3] = m * float(opacity)
+    return composite(image, rgba)
+
+
+# ----------------------------------------------------------------------------------- plotly figure -> PIL PNG
+def _hex_to_rgb(c: Any, default: tuple[int, int, int] = (31, 119, 180)) -> tuple[int, int, int]:
+    if isinstance(c, str):
+        s = c.strip()
+        if s.startswith("#") and len(s) == 7:
+            return tuple(int(s[i:i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+        if s.startswith("rgb"):
+            parts = s[s.index("(") + 1:s.index(")")].split(",")
+            return tuple(int(float(p)) for p in parts[:3])  # type: ignore[return-value]
+    return default
+
+
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354",
+           "#756bb1", "#636363"]
+
+
+def figure_to_png_pil(fig: Any, width: int = 900, height: int = 600) -> bytes:
+    """Render a plotly figure's image, scatter and line traces with PIL -> PNG bytes.
+
+    A fallback for ``fig.write_image`` where kaleido or Chrome is missing: axes are placed from the layout's
+    domains, data ranges from the traces; titles and subplot titles are drawn as text; no ticks or legends.
+    """
+    from PIL import Image, ImageDraw
+
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    layout = fig.layout
+    title = getattr(layout.title, "text", None)
+    top_margin = 30 if title else 10
+    if title:
+        draw.text((10, 8), str(title)[:140], fill=(0, 0, 0))
+    plot_w, plot_h = width - 20, height - top_margin - 10
+
+    def axis_domain(name: str) -> tuple[float, float]:
+        ax = layout[name] if name in layout else None
+        dom = getattr(ax, "domain", None) if ax is not None else None
+        return (float(dom[0]), float(dom[1])) if dom else (0.0, 1.0)
+
+    for ann in layout.annotations or ():
+        if ann.text and ann.xref == "paper" and ann.yref == "paper":
+            x = 10 + float(ann.x or 0) * plot_w - 4 * len(str(ann.text)) / 2
+            y = top_margin + (1 - float(ann.y or 1)) * plot_h - 12
+            draw.text((max(0, x), max(0, y)), str(ann.text)[:80], fill=(0, 0, 0))
+    for trace in fig.data:
+        xa = "xaxis" + (trace.xaxis[1:] if getattr(trace, "xaxis", None) and trace.xaxis != "x" else "")
+        ya = "yaxis" + (trace.yaxis[1:] if getattr(trace, "yaxis", None) and trace.yaxis != "y" else "")
+        (x0, x1), (y0, y1) = axis_domain(xa), axis_domain(ya)
+        box = (10 + x0 * plot_w, top_margin + (1 - y1) * plot_h, 10 + x1 * plot_w, top_margin + (1 - y0) * plot_h)
+        bw, bh = max(1, int(box[2] - box[0])), max(1, int(box[3] - box[1]))
+        if trace.type == "image":
+            if trace.z is None:
+                continue
+            arr = to_hwc(np.asarray(trace.z, dtype=np.uint8))
+            scale = min(bw / arr.shape[1], bh / arr.shape[0])
+            img = Image.fromarray(arr).resize((max(1, int(arr.shape[1] * scale)), max(1, int(arr.shape[0] * scale))),
+                                              Image.NEAREST)
+            canvas.paste(img, (int(box[0]), int(box[1])))
+            continue
+        if trace.type not in ("scatter", "scattergl") or trace.x is None or trace.y is None:
+            continue
+        xs = np.asarray(trace.x, dtype=np.float64)
+        ys = np.asarray(trace.y, dtype=np.float64)
+        ok = np.isfinite(xs) & np.isfinite(ys)
+        if not ok.any():
+            continue
+        draw.rectangle(box, outline=(200, 200, 200))
+        same = [t for t in fig.data if getattr(t, "xaxis", None) == getattr(trace, "xaxis", None)
+                and getattr(t, "yaxis", None) == getattr(trace, "yaxis", None) and t.x is not None and t.y is not None
+                and t.type in ("scatter", "scattergl")]
+        allx = np.concatenate([np.asarray(t.x, dtype=np.float64) for t in same])
+        ally = np.concatenate([np.asarray(t.y, dtype=np.float64) for t in same])
+        fx, fy = allx[np.isfinite(allx)], ally[np.isfinite(ally)]
+        lx, hx = (fx.min(), fx.max()) if fx.size else (0, 1)
+        ly, hy = (fy.min(), fy.max()) if fy.size else (0, 1)
+        px = box[0] + 4 + (xs - lx) / ((hx - lx) or 1) * (bw - 8)
+        py = box[3] - 4 - (ys - ly) / ((hy - ly) or 1) * (bh - 8)
+        marker = getattr(trace, "marker", None)
+        colors = getattr(marker, "color", None) if marker is not None else None
+        line_color = _hex_to_rgb(getattr(getattr(trace, "line", None), "color", None),
+                                 _hex_to_rgb(colors if isinstance(colors, str) else None))
+        mode = trace.mode or "lines"
+        if "lines" in mode:
+            pts = [(float(a), float(b)) for a, b, k in zip(px, py, ok) if k]
+            if len(pts) > 1:
+                draw.line(pts, fill=line_color, width=2)
+        if "markers" in mode:
+            per_point = colors if isinstance(colors, (list, tuple, np.ndarray)) and len(colors) == len(xs) else None
+            if per_point is not None and not isinstance(per_point[0], str):
+                from workbench.inspect.embedding import spec_colors
+
+                per_point = spec_colors(marker)
+            r = 1 if len(xs) > 2000 else 2
+            for i in np.flatnonzero(ok):
+                c = _hex_to_rgb(per_point[i]) if per_point is not None else line_color
+                draw.ellipse((px[i] - r, py[i] - r, px[i] + r, py[i] + r), fill=c)
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_figure(fig: Any, path: str, width: int = 900, height: int = 600) -> str:
+    """Write a plotly figure to ``.html`` (self-contained, needs nothing) or ``.png``; returns how.
+
+    PNG: plotly + kaleido (needs Chrome/Chromium; ``/usr/bin/chromium`` is tried) -> "kaleido"; where kaleido or
+    the browser is unavailable, the figure's images and curves are drawn with PIL -> "pil" (a warning says so).
+    """
+    import os
+    import warnings
+    from pathlib import Path
+
+    from workbench.runs import atomic_write_bytes
+
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix in (".html", ".htm"):
+        atomic_write_bytes(p, fig.to_html(include_plotlyjs=True, full_html=True).encode())
+        return "html"
+    if suffix != ".png":
+        raise ValueError(f"save: unsupported file type {suffix!r} for {path}; use .html or .png")
+    try:
+        import kaleido  # noqa: F401
+
+        if "BROWSER_PATH" not in os.environ and os.path.exists("/usr/bin/chromium"):
+            os.environ["BROWSER_PATH"] = "/usr/bin/chromium"
+        data = fig.to_image(format="png", width=width, height=height)
+        atomic_write_bytes(p, data)
+        return "kaleido"
+    except Exception as e:  # kaleido missing or no browser: compose the picture with PIL instead
+        warnings.warn(f"PNG export through kaleido failed ({type(e).__name__}: {str(e)[:120]}); "
+                      f"wrote {p.name} with the PIL renderer instead", RuntimeWarning, stacklevel=2)
+        atomic_write_bytes(p, figure_to_png_pil(fig, width, height))
+        return "pil"

@@ -1,0 +1,95 @@
+"""Patch-level views that work for every backbone (ViT patch tokens or a CNN's last feature map):
+cosine similarity of every patch to a chosen one (also across a second image), and the DINOv2-style
+PCA-of-patch-features image (first three components as RGB, optional foreground threshold).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from workbench.inspect.attention import check_image_size
+
+
+@torch.no_grad()
+def patch_tokens(backbone: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Spatial tokens [B, h*w, D] (float32, CPU) and the grid (h, w) of normalised images [B, C, H, W]."""
+    check_image_size(backbone, images)
+    feats = backbone.forward_features(images)
+    return feats.tokens.float().cpu(), tuple(int(g) for g in feats.grid)  # type: ignore[return-value]
+
+
+def patch_index(row: int, col: int, grid: tuple[int, int]) -> int:
+    """Row-major index of patch (row, col) in a grid (h, w), with a range check."""
+    h, w = grid
+    if not (0 <= row < h and 0 <= col < w):
+        raise ValueError(f"patch ({row}, {col}) is outside the {h}x{w} patch grid")
+    return row * w + col
+
+
+def patch_at_pixel(x: float, y: float, image_size: int | tuple[int, int], grid: tuple[int, int]) -> tuple[int, int]:
+    """(row, col) of the patch under pixel (x, y) of an image of ``image_size`` (H, W) split into ``grid``."""
+    H, W = (image_size, image_size) if isinstance(image_size, int) else image_size
+    h, w = grid
+    row = int(np.clip(np.floor(y * h / H), 0, h - 1))
+    col = int(np.clip(np.floor(x * w / W), 0, w - 1))
+    return row, col
+
+
+def patch_similarity(tokens: torch.Tensor, index: int, target_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """Cosine similarity [M] of patch ``index`` of ``tokens`` [L, D] to every patch of ``target_tokens`` [M, D]
+    (default: the same image, so the chosen patch scores 1)."""
+    if tokens.ndim != 2:
+        raise ValueError(f"patch_similarity: tokens must be [L, D], got {tuple(tokens.shape)}")
+    if not 0 <= index < tokens.shape[0]:
+        raise ValueError(f"patch index {index} is outside 0..{tokens.shape[0] - 1}")
+    target = tokens if target_tokens is None else target_tokens
+    q = F.normalize(tokens[index].float(), dim=0)
+    return F.normalize(target.float(), dim=1) @ q
+
+
+def _pca(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``k`` principal directions of rows x [N, D]: (mean [D], components [k, D], projections [N, k]).
+    Each component's sign is fixed so its largest-magnitude projection is positive (deterministic colours)."""
+    mean = x.mean(dim=0)
+    xc = x - mean
+    xd = xc.numpy().astype(np.float64)
+    evals, evecs = np.linalg.eigh(xd.T @ xd)
+    comps = torch.from_numpy(evecs[:, np.argsort(evals)[::-1][:k]].T.copy()).float()
+    if comps.shape[0] < k:
+        comps = torch.cat([comps, torch.zeros(k - comps.shape[0], x.shape[1])])
+    proj = xc @ comps.T
+    idx = proj.abs().argmax(dim=0)
+    sign = torch.sign(proj[idx, torch.arange(k)])
+    sign[sign == 0] = 1
+    return mean, comps * sign[:, None], proj * sign
+
+
+def pca_rgb(tokens: torch.Tensor, grid: tuple[int, int], foreground_threshold: float | None = None,
+            foreground_above: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """DINOv2's PCA picture of patch tokens [B, L, D] (one PCA fitted jointly over all images' patches).
+
+    Without a threshold: the first three components, each min-max normalised over all patches, as RGB.
+    With ``foreground_threshold`` t: the first component (min-max normalised) above t (below, if not
+    ``foreground_above``) marks the foreground; a second PCA on foreground patches only gives the colours and
+    the background is black. Returns (rgb float [B, h, w, 3] in [0, 1], foreground bool [B, h, w]).
+    """
+    b, L, d = tokens.shape
+    h, w = grid
+    if h * w != L:
+        raise ValueError(f"pca_rgb: {L} tokens do not fill the {h}x{w} grid")
+    x = tokens.reshape(b * L, d).float()
+    fg = torch.ones(b * L, dtype=torch.bool)
+    if foreground_threshold is not None:
+        _, _, proj = _pca(x, 1)
+        first = proj[:, 0]
+        first = (first - first.min()) / (first.max() - first.min()).clamp_min(1e-12)
+        fg = first > foreground_threshold if foreground_above else first < foreground_threshold
+    rgb = torch.zeros(b * L, 3)
+    if int(fg.sum()) >= 2:
+        _, _, proj = _pca(x[fg], 3)
+        lo, hi = proj.min(dim=0).values, proj.max(dim=0).values
+        rgb[fg] = (proj - lo) / (hi - lo).clamp_min(1e-12)
+    elif int(fg.sum()) == 1:
+        rgb[fg] = 0.5
+    return rgb.reshape(b, h, w, 3).numpy(), fg.reshape(b, h, w).numpy()
