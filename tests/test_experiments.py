@@ -1,0 +1,267 @@
+"""Runner, sweep, reproduce, run records and the experiment CLI, on a tiny deterministic notebook.
+
+tests/notebooks/tiny.ipynb does no torch work: product = a * b, a seeded numpy draw, and it raises when
+a * b == fail_on, so every outcome here is known in advance (hand-computed below).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pytest
+
+from workbench.config import ConfigError
+from workbench.experiments import (ENV_RUN_DIR, NotebookError, compare_summaries, current_run, notebook_parameters,
+                                   read_parameters, record_metrics, reproduce, run_notebook, runs_table,
+                                   set_current_run, sweep, validate_parameters)
+from workbench.experiments.cli_commands import main as cli_main
+from workbench.runs import Run, atomic_write_json, list_runs
+
+TINY = Path(__file__).parent / "notebooks" / "tiny.ipynb"
+NOISE_SEED0 = float(np.random.default_rng(0).normal())  # what the notebook records as "noise" for seed 0
+
+
+def _notebook(tmp_path: Path, params_source: str, extra_params_cell: bool = False) -> Path:
+    nb = nbformat.read(str(TINY), as_version=4)
+    idx = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    nb.cells[idx].source = params_source
+    if extra_params_cell:
+        nb.cells.append(nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}))
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_parameters_cell_is_parsed_with_types_and_defaults():
+    spec = notebook_parameters(TINY)
+    assert {n: (p.default, p.type_name) for n, p in spec.items()} == {
+        "a": (1, "int"), "b": (2.0, "float"), "fail_on": (-1.0, "float"), "label": ("x", "str"), "seed": (0, "int"),
+        "sleep": (0.0, "float")}
+
+
+def test_bad_parameters_are_rejected_before_anything_runs(tmp_path):
+    runs = tmp_path / "runs"
+    with pytest.raises(ConfigError) as err:
+        run_notebook(TINY, {"nope": 1, "a": "three"}, runs_dir=runs)
+    msg = str(err.value)
+    assert "unknown parameter 'nope'" in msg and "'a'='three' must be int" in msg
+    for line in ("a: int = 1", "b: float = 2.0", "fail_on: float = -1.0", "label: str = 'x'", "seed: int = 0"):
+        assert line in msg  # the error lists what the notebook accepts
+    assert not runs.exists()  # validated before a run folder was made
+    with pytest.raises(ConfigError, match="must be float"):
+        validate_parameters(notebook_parameters(TINY), {"b": True})  # bool is not a number here
+    with pytest.raises(ConfigError, match="set by the runner"):
+        validate_parameters(notebook_parameters(TINY), {"run_dir": "x"})
+    # an int where a float is expected is fine; CLI strings are coerced to the default's type
+    assert validate_parameters(notebook_parameters(TINY), {"b": 3})["b"] == 3
+    got = validate_parameters(notebook_parameters(TINY), {"a": "4", "b": "0.5", "label": "7"}, coerce_strings=True)
+    assert (got["a"], got["b"], got["label"]) == (4, 0.5, "7")
+
+
+def test_parameters_cell_must_be_plain_and_unique(tmp_path):
+    with pytest.raises(ConfigError, match="plain literal"):
+        notebook_parameters(_notebook(tmp_path, "a = 1\nb = float('2')"))
+    with pytest.raises(ConfigError, match="only hold `name = value`"):
+        notebook_parameters(_notebook(tmp_path, "a = 1\nimport os"))
+    with pytest.raises(ConfigError, match="exactly one code cell tagged 'parameters'; found 2"):
+        notebook_parameters(_notebook(tmp_path, "a = 1", extra_params_cell=True))
+
+
+def test_run_records_parameters_notebook_and_summary(tmp_path):
+    run = run_notebook(TINY, {"a": 3, "seed": 0}, runs_dir=tmp_path)
+    assert run.status["status"] == "completed"
+    assert run.summary["product"] == 6.0 and run.summary["noise"] == pytest.approx(NOISE_SEED0, abs=0)
+    # the kernel runs this interpreter (the venv's python), not whatever `python` is on PATH
+    assert Path(run.summary["python"]).resolve() == Path(sys.executable).resolve()
+    rec = read_parameters(run)
+    assert rec["notebook"] == "tiny" and rec["parameters"] == {"a": 3, "b": 2.0, "fail_on": -1.0, "label": "x",
+                                                               "seed": 0, "sleep": 0.0}
+    executed = nbformat.read(str(run.path / "notebook.ipynb"), as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+    assert (run.path / "source.ipynb").read_bytes() == TINY.read_bytes()
+    assert run.path.name.split("-")[2:4] == ["tiny", "notebook"]  # no method/data parameter -> notebook stem
+
+
+def test_failure_is_recorded_with_the_failing_cell(tmp_path):
+    with pytest.raises(NotebookError, match="failed in cell 3") as err:
+        run_notebook(TINY, {"a": 2, "b": 3.0, "fail_on": 6.0}, runs_dir=tmp_path)
+    status = err.value.run.status
+    assert status["status"] == "failed" and status["ename"] == "ValueError"
+    assert status["cell_index"] == 3  # index in the source notebook (markdown, parameters, imports, this)
+    assert "raise ValueError" in status["cell_source"] and "asked to fail" in status["error"]
+    assert (err.value.run.path / "notebook.ipynb").exists() and not err.value.run.summary
+
+
+@pytest.mark.slow
+def test_sweep_2x2_isolates_a_failure_and_resumes(tmp_path):
+    grid = {"a": [1, 2], "b": [1.0, 3.0]}
+    first = sweep(TINY, grid, runs_dir=tmp_path, jobs=2, parameters={"fail_on": 6.0}, name="t")
+    assert len(first) == 4 and len(list_runs(tmp_path)) == 4
+    by_point = {(r.a, r.b): r for r in first.itertuples()}
+    assert by_point[(2, 3.0)].status == "failed" and "asked to fail" in by_point[(2, 3.0)].error
+    for point in [(1, 1.0), (1, 3.0), (2, 1.0)]:
+        assert by_point[point].status == "completed" and by_point[point].product == point[0] * point[1]
+    assert not first["skipped"].any()
+    assert all(read_parameters(p)["tag"] == "t" for p in first["run"])
+
+    again = sweep(TINY, grid, runs_dir=tmp_path, jobs=1, parameters={"fail_on": 6.0})
+    skipped = {(r.a, r.b): r.skipped for r in again.itertuples()}
+    assert skipped == {(1, 1.0): True, (1, 3.0): True, (2, 1.0): True, (2, 3.0): False}
+    assert set(again.loc[again.skipped, "run"]) == set(first.loc[first.status == "completed", "run"])
+    assert len(list_runs(tmp_path)) == 5  # only the failed combination ran again (and failed again)
+
+
+def test_sweep_validates_every_point_first(tmp_path):
+    with pytest.raises(ConfigError, match="unknown parameter 'c'"):
+        sweep(TINY, {"a": [1], "c": [1]}, runs_dir=tmp_path)
+    with pytest.raises(ValueError, match="non-empty list"):
+        sweep(TINY, {"a": []}, runs_dir=tmp_path)
+    assert list_runs(tmp_path) == []
+
+
+def test_reproduce_gives_the_same_metrics(tmp_path):
+    original = run_notebook(TINY, {"a": 2, "b": 0.25, "seed": 3}, runs_dir=tmp_path)
+    table = reproduce(original, tolerance=1e-12)
+    assert list(table.metric) == ["noise", "product"]  # numeric metrics only
+    assert table.within_tolerance.all() and (table.abs_diff == 0).all()
+    new = Run(table.attrs["run"])
+    assert new.path != original.path and new.status["status"] == "completed"
+    assert read_parameters(new)["notebook"] == "tiny"  # recorded under the original notebook's name
+    assert read_parameters(new)["parameters"] == read_parameters(original)["parameters"]
+
+    # a summary that does not match is reported as outside the tolerance
+    atomic_write_json(original.path / "summary.json", {**original.summary, "product": 0.75})
+    again = reproduce(original, tolerance=0.1).set_index("metric")
+    assert again.loc["product", "abs_diff"] == pytest.approx(0.25) and not again.loc["product", "within_tolerance"]
+    assert again.loc["noise", "within_tolerance"]
+
+
+def test_record_metrics_interactive_and_under_runner(tmp_path, monkeypatch):
+    monkeypatch.delenv(ENV_RUN_DIR, raising=False)
+    set_current_run(None)
+    try:
+        run = current_run(tmp_path, method="simclr", data="shapes", parameters={"epochs": 2})
+        assert current_run(tmp_path) is run and "simclr-shapes" in run.path.name
+        merged = record_metrics({"knn_acc": np.float32(0.5), "n": np.int64(3)})
+        assert merged == {"knn_acc": 0.5, "n": 3} and type(merged["n"]) is int
+        assert run.status["status"] == "completed"  # nothing else closes an interactive run
+        assert read_parameters(run)["parameters"] == {"epochs": 2}
+        other = Run.create(tmp_path, "m", "d")
+        monkeypatch.setenv(ENV_RUN_DIR, str(other.path))
+        assert current_run().path == other.path  # the runner's folder wins
+        record_metrics({"x": 1.0})
+        assert other.summary == {"x": 1.0} and other.status["status"] == "created"  # the runner closes it
+        with pytest.raises(ValueError, match="non-empty dict"):
+            record_metrics({})
+    finally:
+        set_current_run(None)
+
+
+def _fake_run(root: Path, method: str, acc: float, status: str = "completed") -> Run:
+    run = Run.create(root, method, "shapes")
+    atomic_write_json(run.path / "parameters.json", {"notebook": "pretrain", "parameters": {
+        "method": method, "data": "shapes", "backbone": "small_cnn", "epochs": 3}})
+    run.update_summary({"knn_acc": acc, "note": "text"})
+    run.set_status(status)
+    return run
+
+
+def test_runs_table_and_compare(tmp_path):
+    a = _fake_run(tmp_path, "simclr", 0.4)
+    b = _fake_run(tmp_path, "byol", 0.7)
+    plain = Run.create(tmp_path, "vicreg", "cifar10", config={
+        "method": "vicreg", "data": {"name": "cifar10"}, "model": {"backbone": "resnet18"}, "train": {"epochs": 5}})
+    table = runs_table(tmp_path, sort_by="knn_acc")
+    assert list(table.method) == ["byol", "simclr", "vicreg"]  # best first, a run without the metric last
+    row = table.set_index("method").loc["vicreg"]
+    assert (row.data, row.backbone, row.epochs, row.status) == ("cifar10", "resnet18", 5, "created")
+    assert "note" not in table.columns  # only numeric summary entries become columns
+    side = compare_summaries([a, b])
+    assert list(side.columns) == [a.path.name, b.path.name] and side.loc["knn_acc"].tolist() == [0.4, 0.7]
+    with pytest.raises(ValueError, match="cannot sort runs by 'missing'"):
+        runs_table(tmp_path, sort_by="missing")
+    assert plain.path.exists()
+
+
+def test_cli_run_runs_and_lab(tmp_path, capsys):
+    assert cli_main(["run", str(TINY), "-p", "a", "5", "-p", "b", "0.5", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "status:            completed" in out and "notebook.ipynb" in out
+    (run,) = list_runs(tmp_path)
+    assert run.summary["product"] == 2.5
+
+    assert cli_main(["run", str(TINY), "-p", "a", "oops", "--dir", str(tmp_path)]) == 2
+    assert "'a'='oops' must be int" in capsys.readouterr().err
+
+    assert cli_main(["runs", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert run.path.name in out and "product" in out and "completed" in out
+    assert cli_main(["runs", "--dir", str(tmp_path), "--compare", run.path.name]) == 0
+    assert "2.5" in capsys.readouterr().out
+
+    assert cli_main(["lab", "--dry-run", "--notebook-dir", str(tmp_path), "--no-browser"]) == 0
+    cmd = capsys.readouterr().out
+    assert "-m jupyter lab" in cmd and f"--ServerApp.root_dir={tmp_path.resolve()}" in cmd and "--no-browser" in cmd
+
+
+def test_cli_sweep_parses_grid(tmp_path, capsys):
+    code = cli_main(["sweep", str(TINY), "--grid", "a=1,2", "-p", "b", "1.5", "--dir", str(tmp_path)])
+    assert code == 0
+    products = sorted(r.summary["product"] for r in list_runs(tmp_path))
+    assert products == [1.5, 3.0]
+    assert "completed" in capsys.readouterr().out
+
+
+def test_adopted_training_run_reads_like_a_training_run(tmp_path):
+    import torch
+    from workbench.experiments import adopt_training_run, training_run
+    nb_run = Run.create(tmp_path, "simclr", "shapes")
+    train = Run.create(nb_run.path / "train", "simclr", "shapes",
+                       config={"method": "simclr", "data": {"name": "shapes"}, "model": {"backbone": "small_cnn"},
+                               "train": {"epochs": 2}})
+    train.log_metrics({"kind": "epoch", "epoch": 0, "loss": 3.0})
+    train.save_checkpoint({"w": torch.arange(3)})
+    adopt_training_run(train, nb_run)
+    assert nb_run.metrics() == [{"kind": "epoch", "epoch": 0, "loss": 3.0}]
+    assert nb_run.load_checkpoint()["w"].tolist() == [0, 1, 2]
+    assert nb_run.summary["train_run"] == f"train/{train.path.name}" and training_run(nb_run).path == train.path
+    moved = tmp_path / "elsewhere"
+    nb_run.path.rename(moved)  # relative links survive moving the run folder
+    assert Run(moved).metrics()[0]["loss"] == 3.0
+    row = runs_table([moved]).iloc[0]
+    assert (row.method, row.data, row.backbone, row.epochs) == ("simclr", "shapes", "small_cnn", 2)
+
+
+def test_headline_metrics_from_an_evaluation_table():
+    import pandas as pd
+    from workbench.experiments import headline_metrics
+    table = pd.DataFrame([
+        {"model": "pretrained", "name": "knn_top1_k20", "value": 0.8, "split": "test", "settings": {}},
+        {"model": "pretrained", "name": "knn_top1_k10", "value": 0.7, "split": "test", "settings": {}},
+        {"model": "random_init", "name": "knn_top1_k20", "value": 0.3, "split": "test", "settings": {}},
+        {"model": "raw_pixels", "name": "linear_top1", "value": 0.4, "split": "test", "settings": {}},
+        {"model": "pretrained", "name": "rankme", "value": 12.5, "split": "test", "settings": {}},
+    ])
+    assert headline_metrics(table) == {"knn_acc": 0.8, "knn_acc_random_init": 0.3, "linear_acc_raw_pixels": 0.4,
+                                       "rankme": 12.5}
+    assert headline_metrics(table, k=10) == {"knn_acc": 0.7, "linear_acc_raw_pixels": 0.4, "rankme": 12.5}
+
+
+def test_a_cell_that_times_out_is_recorded_as_failed(tmp_path):
+    with pytest.raises(NotebookError, match="CellTimeoutError") as err:
+        run_notebook(TINY, {"sleep": 120.0}, runs_dir=tmp_path, timeout=15)  # imports take a few s
+    status = err.value.run.status
+    assert status["status"] == "failed" and status["ename"] == "CellTimeoutError"
+    assert status["cell_index"] == 3 and "time.sleep(sleep)" in status["cell_source"]
+
+
+def test_default_runs_dir(monkeypatch, tmp_path):
+    from workbench.experiments import default_runs_dir
+    monkeypatch.setenv("WORKBENCH_RUNS_DIR", str(tmp_path))
+    assert default_runs_dir() == tmp_path
+    monkeypatch.delenv("WORKBENCH_RUNS_DIR")
+    assert default_runs_dir() == Path(__file__).resolve().parents[1] / "runs"  # the checkout's runs/

@@ -1,0 +1,162 @@
+"""The ``workbench`` command line: ``pretrain``, ``quickstart``, plus ``evaluate`` and ``run | sweep | runs | lab``
+from workbench.evaluate / workbench.experiments when they are installed.
+
+    workbench pretrain --method simclr --data shapes --backbone small_cnn --epochs 5 --batch-size 256 \\
+        --out runs [--resume RUN_DIR] [train.lr=0.5 method_options.temperature=0.2 data.options.n=10000 ...]
+
+Bad input (unknown method, malformed override, invalid value) prints one line naming the problem and exits
+with status 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Sequence
+
+from workbench.config import ConfigError
+
+
+class _UsageError(Exception):
+    """Raised by the parser instead of exiting, so main() decides the message and the exit code."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # type: ignore[override]
+        raise _UsageError(f"{self.prog}: {message}")
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="pretrain a backbone with a self-supervised method; writes a run folder",
+                       description="Pretrain with one of the methods (see `workbench methods`). Any PretrainConfig "
+                                   "field can be set with dotted key=value overrides, e.g. train.lr=0.5 "
+                                   "method_options.temperature=0.2 data.options.n=10000 augment.preset=byol.")
+    p.add_argument("--method", default=None, help="simclr, byol, dino, mae, ... (default: simclr)")
+    p.add_argument("--data", default=None, help="data set name (default: shapes)")
+    p.add_argument("--backbone", default=None, help="small_cnn, resnet18, resnet50, vit_tiny, vit_small")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=None, help="global batch size (lr scales with it / 256)")
+    p.add_argument("--image-size", type=int, default=None, help="resize the data to this size (px)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--out", default=None, help="folder that holds run folders (default: runs)")
+    p.add_argument("--name", default=None, help="run folder name (default: <time>-<method>-<data>-<id>)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue this run from its last checkpoint")
+    p.add_argument("--config", default=None, metavar="JSON", help="start from this config.json (e.g. a run's)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted PretrainConfig overrides")
+    p.set_defaults(func=_cmd_pretrain)
+
+
+def build_config(args: argparse.Namespace):
+    """PretrainConfig from the CLI flags (flags first, then key=value overrides)."""
+    from workbench.config import apply_overrides, from_dict
+    from workbench.runs import Run
+    from workbench.train.config import PretrainConfig
+
+    if args.resume:
+        recorded = Run(args.resume).config
+        if not recorded:
+            raise FileNotFoundError(f"--resume {args.resume}: no config.json there (is it a run folder?)")
+        base = from_dict(PretrainConfig, recorded)
+    elif args.config:
+        with open(args.config) as f:
+            base = from_dict(PretrainConfig, json.load(f))
+    else:
+        base = PretrainConfig()
+    flags = {"method": args.method, "data.name": args.data, "model.backbone": args.backbone,
+             "train.epochs": args.epochs, "train.batch_size": args.batch_size, "data.image_size": args.image_size,
+             "train.device": args.device, "out": args.out, "name": args.name}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    cfg = apply_overrides(base, overrides) if overrides else base
+    if args.overrides:
+        cfg = apply_overrides(cfg, list(args.overrides))
+    return cfg
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from workbench.train.engine import TrainingDiverged, pretrain
+
+    try:
+        cfg = build_config(args)
+    except ValueError as e:  # invalid values raised by a method's or augmentation's own checks
+        raise ConfigError(str(e)) from None
+    try:
+        run = pretrain(cfg, resume=args.resume)
+    except TrainingDiverged as e:
+        print(f"error: training diverged: {e}", file=sys.stderr)
+        return 1
+    s = run.summary.get("pretrain", {})
+    print(f"run folder: {run.path}")
+    print(f"status:     {run.status.get('status')}  steps {s.get('steps')}  loss {s.get('train_loss')}  "
+          f"kNN acc {s.get('knn_acc')}")
+    return 0
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from workbench.train.quickstart import quickstart
+
+    result = quickstart(out=args.dir)
+    _print_quickstart(result)
+    return 0
+
+
+def _print_quickstart(result: dict) -> None:
+    print(f"run folder:            {result['run']}")
+    print(f"kNN accuracy (test):   pretrained {result['knn_pretrained']:.3f} vs random init "
+          f"{result['knn_random_init']:.3f}")
+    print(f"time:                  pretraining {result['pretrain_s']} s, total {result['total_s']} s")
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from workbench.methods import known_methods, method_class
+
+    for name in known_methods():
+        cls = method_class(name)
+        print(f"{name:14s} preset={cls.preset:7s} recipe={cls.recipe}" + ("  (ViT only)" if cls.requires_vit else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="workbench", description="SSL Workbench: self-supervised pretraining, evaluation, notebooks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_pretrain(sub)
+    p = sub.add_parser("methods", help="list the methods with their default preset and optimizer recipe")
+    p.set_defaults(func=_cmd_methods)
+    for module in ("workbench.evaluate.cli_commands", "workbench.experiments.cli_commands"):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name is not None and module.startswith(e.name):
+                continue  # that part of the workbench is not installed
+            raise
+        mod.add_subcommands(sub)
+    if "quickstart" not in sub.choices:  # the experiments package runs the quickstart notebook when present
+        p = sub.add_parser("quickstart", help="the main job: short pretraining on shapes + kNN vs random init")
+        p.add_argument("--dir", default="runs", help="runs folder (default: runs)")
+        p.set_defaults(func=_cmd_quickstart)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``workbench`` console script; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Sub-commands ``workbench run | sweep | runs | lab | quickstart`` (added to the main CLI's parser).
+
+``add_subcommands(subparsers)`` adds them; each sets ``func`` (``args.func(args) -> int`` exit code).
+``python -m workbench.experiments.cli_commands ...`` runs them without the main CLI.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ..config import ConfigError, parse_value
+
+
+def _parse_grid(items: Sequence[str]) -> dict[str, list]:
+    """``["a=1,2", "method=simclr,byol"]`` -> {"a": ["1", "2"], ...} (strings; the runner coerces types)."""
+    grid: dict[str, list] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--grid {item!r} must look like name=v1,v2 (e.g. --grid method=simclr,byol)")
+        name, values = item.split("=", 1)
+        grid[name.strip()] = [v.strip() for v in values.split(",") if v.strip()]
+    return grid
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .runner import NotebookError, describe_run, run_notebook
+    params = {name: value for name, value in (args.parameter or [])}
+    try:
+        run = run_notebook(args.notebook, params, runs_dir=args.dir, name=args.name, coerce_strings=True,
+                           timeout=args.timeout)
+    except NotebookError as e:
+        print(f"error: {e}", file=sys.stderr)
+        print(describe_run(e.run))
+        return 1
+    print(describe_run(run))
+    return 0
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from .runner import NotebookError, describe_run, quickstart
+    params = {name: value for name, value in (args.parameter or [])}
+    try:
+        run = quickstart(args.dir, params, timeout=args.timeout, coerce_strings=True)
+    except NotebookError as e:
+        print(f"error: {e}", file=sys.stderr)
+        print(describe_run(e.run))
+        return 1
+    print(describe_run(run))
+    print(f"open it in JupyterLab: workbench lab   (or: jupyter lab {run.path / 'notebook.ipynb'})")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import pandas as pd
+    from .sweep import sweep
+    fixed = {name: value for name, value in (args.parameter or [])}
+    table = sweep(args.notebook, _parse_grid(args.grid or []), runs_dir=args.dir, jobs=args.jobs, name=args.name,
+                  parameters=fixed, coerce_strings=True, timeout=args.timeout)
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 60):
+        print(table.to_string(index=False))
+    return 0 if (table["status"] == "completed").all() else 1
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    import pandas as pd
+    from .table import compare_summaries, runs_table
+    with pd.option_context("display.width", 200, "display.max_columns", 40, "display.max_colwidth", 48):
+        if args.compare:
+            root = Path(args.dir)
+            paths = [p if Path(p).exists() else root / p for p in args.compare]
+            print(compare_summaries(paths).to_string())
+            return 0
+        table = runs_table(args.dir, sort_by=args.sort)
+        if table.empty:
+            print(f"no runs under {args.dir}")
+            return 0
+        if not args.all_metrics:  # key metrics: the pretrained model's (baselines' carry a "model/" prefix)
+            table = table[[c for c in table.columns if "/" not in c]]
+        print(table.drop(columns=["path"]).to_string(index=False))
+    return 0
+
+
+def lab_command(notebook_dir: str | Path, extra: Sequence[str] = ()) -> list[str]:
+    """The JupyterLab command line ``workbench lab`` starts (this interpreter's jupyter, on ``notebook_dir``)."""
+    return [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={Path(notebook_dir).resolve()}", *extra]
+
+
+def _cmd_lab(args: argparse.Namespace) -> int:
+    from .runner import ensure_kernel, repo_notebooks_dir
+    notebook_dir = Path(args.notebook_dir) if args.notebook_dir else repo_notebooks_dir()
+    if not notebook_dir.is_dir():
+        print(f"error: notebook folder {notebook_dir} does not exist", file=sys.stderr)
+        return 2
+    extra = ([f"--port={args.port}"] if args.port else []) + (["--no-browser"] if args.no_browser else [])
+    cmd = lab_command(notebook_dir, extra)
+    if args.dry_run:
+        print(" ".join(cmd))
+        return 0
+    ensure_kernel()
+    return subprocess.call(cmd)
+
+
+def add_subcommands(subparsers: "argparse._SubParsersAction", quickstart: bool = True) -> None:
+    """Add run / sweep / runs / lab (and quickstart, unless ``quickstart=False`` or the parser already has
+    one) to the main CLI; each sets ``func(args) -> exit code``."""
+    def common(p: argparse.ArgumentParser, params: bool = True) -> None:
+        p.add_argument("--dir", default="runs", help="runs folder (default: runs)")
+        p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per notebook cell")
+        if params:
+            p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                           help="set a notebook parameter (repeatable); values are parsed to the default's type")
+
+    p = subparsers.add_parser("run", help="execute a notebook with papermill into a new run folder")
+    p.add_argument("notebook", help="path to a .ipynb with a cell tagged `parameters`")
+    p.add_argument("--name", default=None, help="run folder name (default: <time>-<method>-<data>-<id>)")
+    common(p)
+    p.set_defaults(func=_cmd_run)
+
+    if quickstart and "quickstart" not in subparsers.choices:
+        p = subparsers.add_parser("quickstart", help="the main job: execute notebooks/00_quickstart.ipynb into runs/")
+        common(p)
+        p.set_defaults(func=_cmd_quickstart)
+
+    p = subparsers.add_parser("sweep", help="run a notebook over a parameter grid (resumable)")
+    p.add_argument("notebook")
+    p.add_argument("--grid", action="append", metavar="NAME=V1,V2", help="one grid axis (repeatable)")
+    p.add_argument("--jobs", type=int, default=1, help="notebooks executed at once (processes)")
+    p.add_argument("--name", default=None, help="sweep name recorded in each run's parameters.json")
+    common(p)
+    p.set_defaults(func=_cmd_sweep)
+
+    p = subparsers.add_parser("runs", help="list recorded runs (leaderboard) or compare runs side by side")
+    p.add_argument("--dir", default="runs", help="runs folder (default: runs)")
+    p.add_argument("--compare", nargs="+", metavar="RUN", help="run folders (or names under --dir) to compare")
+    p.add_argument("--sort", default=None, help="sort by this metric column, best first")
+    p.add_argument("--all-metrics", action="store_true", help="also show the baselines' metrics (random_init/...)")
+    p.set_defaults(func=_cmd_runs)
+
+    p = subparsers.add_parser("lab", help="start JupyterLab on notebooks/")
+    p.add_argument("--notebook-dir", default=None, help="folder to open (default: the repository's notebooks/)")
+    p.add_argument("--dry-run", action="store_true", help="print the command instead of starting JupyterLab")
+    p.add_argument("--port", type=int, default=None, help="port for JupyterLab (default: its own choice)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.set_defaults(func=_cmd_lab)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="workbench", description="notebook experiments")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_subcommands(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

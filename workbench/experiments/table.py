@@ -1,0 +1,152 @@
+"""Reading run records back: one table of runs (the leaderboard) and summaries side by side."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..runs import Run, list_runs
+from .records import read_parameters
+
+COLUMNS = ("run", "notebook", "method", "data", "backbone", "epochs", "status")
+
+
+def _get(d: Any, *keys: str) -> Any:
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def training_run(run: Run) -> Run | None:
+    """The pretraining run a notebook run recorded (summary key ``train_run``, relative or absolute), if any."""
+    ref = run.summary.get("train_run")
+    if not isinstance(ref, str):
+        return None
+    path = Path(ref)
+    path = path if path.is_absolute() else run.path / path
+    return Run(path) if path.exists() else None
+
+
+def run_facts(run: Run | str | os.PathLike) -> dict[str, Any]:
+    """method/data/backbone/epochs/status of a run, from its notebook parameters or its pretraining config."""
+    run = run if isinstance(run, Run) else Run(run)
+    params = read_parameters(run).get("parameters", {})
+    config = run.config
+    trained = training_run(run)
+    tconfig = trained.config if trained is not None else {}
+
+    def pick(param: str, *config_keys: tuple[str, ...]) -> Any:
+        if params.get(param) is not None:
+            return params[param]
+        for cfg in (config, tconfig):
+            for keys in config_keys:
+                v = _get(cfg, *keys)
+                if v is not None and not isinstance(v, dict):
+                    return v
+        return None
+
+    return {
+        "run": run.path.name,
+        "notebook": read_parameters(run).get("notebook"),
+        "method": pick("method", ("method",), ("method", "name")),
+        "data": pick("data", ("data", "name"), ("data",)),
+        "backbone": pick("backbone", ("model", "backbone"), ("backbone",)),
+        "epochs": pick("epochs", ("train", "epochs"), ("epochs",)),
+        "status": run.status.get("status"),
+    }
+
+
+def numeric_summary(run: Run) -> dict[str, float]:
+    """Numeric entries of a run's summary.json (booleans and nested values left out)."""
+    return {k: v for k, v in run.summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def runs_table(runs: str | os.PathLike | Iterable[Run | str | os.PathLike] = "runs", sort_by: str | None = None,
+               notebook: str | None = None, exclude: Iterable[Run | str | os.PathLike] = ()):
+    """pandas DataFrame, one row per run: run, notebook, method, data, backbone, epochs, status, then the
+    numeric summary metrics (the leaderboard). ``runs`` is a runs folder or a list of run folders; rows are
+    sorted by ``sort_by`` (descending) when given, else oldest first. ``notebook`` keeps only runs of that
+    notebook; ``exclude`` drops runs (e.g. the comparing notebook's own run)."""
+    import pandas as pd
+
+    if isinstance(runs, (str, os.PathLike)):
+        found = list_runs(runs)
+    else:
+        found = [r if isinstance(r, Run) else Run(r) for r in runs]
+    skip = {Path(r).resolve() for r in exclude}
+    found = [r for r in found if r.path.resolve() not in skip
+             and (not notebook or read_parameters(r).get("notebook") == notebook)]
+    rows = [{**run_facts(r), **numeric_summary(r), "path": str(r.path)} for r in found]
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return pd.DataFrame(columns=[*COLUMNS, "path"])
+    metric_cols = [c for c in table.columns if c not in (*COLUMNS, "path")]
+    table = table[[*COLUMNS, *sorted(metric_cols), "path"]]
+    if sort_by is not None:
+        if sort_by not in table.columns:
+            raise ValueError(f"cannot sort runs by {sort_by!r}; columns are {list(table.columns)}")
+        table = table.sort_values(sort_by, ascending=False, na_position="last").reset_index(drop=True)
+    return table
+
+
+def compare_summaries(runs: Iterable[Run | str | os.PathLike]):
+    """pandas DataFrame: one column per run (its folder name), one row per fact or summary entry."""
+    import pandas as pd
+
+    cols = {}
+    for r in runs:
+        run = r if isinstance(r, Run) else Run(r)
+        if not run.path.exists():
+            raise FileNotFoundError(f"run folder {run.path} does not exist (list runs with `workbench runs`)")
+        facts = run_facts(run)
+        facts.pop("run")
+        cols[run.path.name] = {**facts, **{k: v for k, v in run.summary.items() if not isinstance(v, (dict, list))}}
+    return pd.DataFrame(cols)
+
+
+def curves_frame(runs: Iterable[Run | str | os.PathLike], y: str = "loss", x: str = "step", kind: str | None = "step"):
+    """Long pandas DataFrame (run, x, y) of metric ``y`` against ``x`` from each run's metrics.jsonl records of
+    ``kind`` ("step"/"epoch"; None = all records that have both keys)."""
+    import pandas as pd
+
+    rows = []
+    for r in runs:
+        run = r if isinstance(r, Run) else Run(r)
+        for rec in run.metrics():
+            if (kind is None or rec.get("kind") == kind) and x in rec and y in rec and rec[y] is not None:
+                rows.append({"run": run.path.name, x: rec[x], y: rec[y]})
+    return pd.DataFrame(rows, columns=["run", x, y])
+
+
+def plot_curves(runs: Iterable[Run | str | os.PathLike], y: str = "loss", x: str = "step", kind: str | None = "step",
+                labels: dict[str, str] | None = None):
+    """plotly Figure overlaying metric ``y`` against ``x`` for several runs (one line per run)."""
+    import plotly.graph_objects as go
+
+    frame = curves_frame(runs, y=y, x=x, kind=kind)
+    fig = go.Figure()
+    for name, part in frame.groupby("run", sort=False):
+        fig.add_trace(go.Scatter(x=part[x], y=part[y], mode="lines+markers" if len(part) < 30 else "lines",
+                                 name=(labels or {}).get(name, name)))
+    fig.update_layout(xaxis_title=x, yaxis_title=y, title=f"{y} by {x}", height=380,
+                      margin=dict(l=40, r=10, t=40, b=40))
+    return fig
+
+
+HEADLINE = {"knn_acc": "knn_top1_k20", "linear_acc": "linear_top1", "rankme": "rankme", "std": "std"}
+
+
+def headline_metrics(evaluation, k: int = 20) -> dict[str, float]:
+    """Short names for the numbers a notebook records, from ``workbench.evaluate.evaluate``'s table
+    (columns model, name, value): ``knn_acc`` (weighted kNN top-1 at ``k``), ``linear_acc``, ``rankme``, ``std``
+    for the pretrained model, and the same with ``_random_init`` / ``_raw_pixels`` for the baselines."""
+    names = {**HEADLINE, "knn_acc": f"knn_top1_k{k}"}
+    out: dict[str, float] = {}
+    for rec in evaluation.to_dict("records"):
+        for short, long in names.items():
+            if rec["name"] == long:
+                suffix = "" if rec["model"] == "pretrained" else f"_{rec['model']}"
+                out[short + suffix] = float(rec["value"])
+    return out
