@@ -48,6 +48,7 @@ class WidgetBase:
 
     def __init__(self) -> None:
         self.error = W.HTML(value="")
+        self.error.add_class("wb-error")  # CSS hook: the browser test fails when one shows a message
         self.last_error: str | None = None
 
     def show_error(self, message: str) -> None:

@@ -76,6 +76,8 @@ class AttentionViewer(WidgetBase):
         controls = W.VBox([self.view, self.index, self.second, self.layer, self.head, self.opacity, self.share,
                            self.pca_threshold])
         self.widget = W.VBox([self.error, W.HBox([controls, self.fig]), self.info_area])
+        self.widget.add_class("wb-attention-viewer")  # CSS hooks for the browser test (tests/test_browser.py)
+        self.fig.add_class("wb-attention-plot")
         try:
             self.backbone, self.info = resolve_backbone(source, checkpoint)
             self.images = as_images(images)

@@ -45,13 +45,17 @@ class EmbeddingExplorer(WidgetBase):
         self.color_by = W.Dropdown(options=["label"], value="label", description="colour")
         self.projection = W.ToggleButtons(options=["PCA", "UMAP"], value="PCA")
         self.status = W.HTML()
-        self.thumb = W.Image(format="png", width=128, height=128)
+        # hidden until the first hover: an Image without a value shows the browser's broken-image icon
+        self.thumb = W.Image(format="png", width=128, height=128, layout=W.Layout(visibility="hidden"))
         self.thumb_caption = W.HTML()
         self.gallery = W.HTML()
         self.fig = go.FigureWidget()
         self._plot_row = W.HBox([self.fig, W.VBox([self.thumb, self.thumb_caption])])
         self.widget = W.VBox([self.error, W.HBox([self.color_by, self.projection]), self.status, self._plot_row,
                               self.gallery])
+        self.widget.add_class("wb-embedding-explorer")  # CSS hooks for the browser test (tests/test_browser.py)
+        self.gallery.add_class("wb-embedding-gallery")
+        self.thumb.add_class("wb-embedding-thumb")
         try:
             self._load(source, images, labels, factors, class_names, cache_dir, checkpoint)
         except Exception as e:
@@ -68,6 +72,7 @@ class EmbeddingExplorer(WidgetBase):
         fig.update_traces(hoverinfo="none")
         fig.update_layout(width=620)
         self.fig = go.FigureWidget(fig)
+        self.fig.add_class("wb-embedding-plot")
         self._plot_row.children = (self.fig, self._plot_row.children[1])
         trace = self.fig.data[0]
         trace.on_hover(self.on_hover)
@@ -221,6 +226,7 @@ class EmbeddingExplorer(WidgetBase):
         self.hovered = i
         if self.images is not None:
             self.thumb.value = self._image_png(i)
+            self.thumb.layout.visibility = "visible"
         extra = "".join(f", {k}={v[i]}" for k, v in self.factors.items())
         self.thumb_caption.value = f"#{i}: {self.label_name(i)}{extra}"
 

@@ -278,7 +278,8 @@ def write_figure(fig: Any, path: str, width: int = 900, height: int = 600) -> st
     """Write a plotly figure to ``.html`` (self-contained, needs nothing) or ``.png``; returns how.
 
     PNG: plotly + kaleido (needs Chrome/Chromium; ``/usr/bin/chromium`` is tried) -> "kaleido"; where kaleido or
-    the browser is unavailable, the figure's images and curves are drawn with PIL -> "pil" (a warning says so).
+    the browser is unavailable, the figure's images and curves are drawn with PIL -> "pil" (silently when kaleido is
+    not installed, with a warning when it is installed but fails).
     """
     import os
     import warnings
@@ -295,13 +296,16 @@ def write_figure(fig: Any, path: str, width: int = 900, height: int = 600) -> st
         raise ValueError(f"save: unsupported file type {suffix!r} for {path}; use .html or .png")
     try:
         import kaleido  # noqa: F401
-
+    except ImportError:  # the expected case without the optional kaleido: the PIL renderer, silently
+        atomic_write_bytes(p, figure_to_png_pil(fig, width, height))
+        return "pil"
+    try:
         if "BROWSER_PATH" not in os.environ and os.path.exists("/usr/bin/chromium"):
             os.environ["BROWSER_PATH"] = "/usr/bin/chromium"
         data = fig.to_image(format="png", width=width, height=height)
         atomic_write_bytes(p, data)
         return "kaleido"
-    except Exception as e:  # kaleido missing or no browser: compose the picture with PIL instead
+    except Exception as e:  # kaleido installed but no usable browser: say so, then compose with PIL
         warnings.warn(f"PNG export through kaleido failed ({type(e).__name__}: {str(e)[:120]}); "
                       f"wrote {p.name} with the PIL renderer instead", RuntimeWarning, stacklevel=2)
         atomic_write_bytes(p, figure_to_png_pil(fig, width, height))
