@@ -40,7 +40,7 @@ def test_shapes_layout_factors_and_balance(shapes200: ImageDataset) -> None:
         assert f[k].dtype == torch.int64
         assert 0 <= int(f[k].min()) and int(f[k].max()) < len(d.factor_names[k])
     assert len(d.factor_names["colour"]) == 8 and len(d.factor_names["background"]) == 5
-    assert (f["colour"] != f["background_colour"]).all()
+    assert len(d.factor_names["background_colour"]) == len(sh.BG_PALETTE)
     for k in ("scale", "pos_x", "pos_y", "rotation"):
         assert f[k].dtype == torch.float32
     assert sh.SCALE_RANGE[0] <= float(f["scale"].min()) and float(f["scale"].max()) <= sh.SCALE_RANGE[1]
@@ -73,7 +73,7 @@ def test_shapes_pinned_checksum() -> None:
     assert h == PINNED_SHAPES_SHA256
 
 
-PINNED_SHAPES_SHA256 = "e68f86cc7c0bd6e0d0f0b8a02631b486e8beb4bc78c7e3988852c10b83e95943"
+PINNED_SHAPES_SHA256 = "b687405108ccb389a61048af443ece75f5f57a1757a26164f3c4aeccb1237275"
 
 
 def test_shapes_objects_match_recorded_factors(shapes200: ImageDataset) -> None:
@@ -89,7 +89,7 @@ def test_shapes_objects_match_recorded_factors(shapes200: ImageDataset) -> None:
     cx = size / 2 + d.factors["pos_x"].double() * sh.POS_RANGE * room
     cy = size / 2 + d.factors["pos_y"].double() * sh.POS_RANGE * room
     yy, xx = torch.meshgrid(torch.arange(size) + 0.5, torch.arange(size) + 0.5, indexing="ij")
-    sym = [sh.CLASS_NAMES.index(c) for c in ("circle", "square", "plus", "star", "ring", "hexagon", "diamond")]
+    sym = [sh.CLASS_NAMES.index(c) for c in ("circle", "square", "plus", "star", "ring", "diamond")]
     for i in range(len(d)):
         if int(d.labels[i]) not in sym:
             continue
@@ -153,6 +153,20 @@ def test_shapes_sizes_and_errors() -> None:
         load("shapes", n=0)
 
 
+def test_shapes_background_choice() -> None:
+    """``backgrounds`` restricts the textures drawn and leaves every other draw (labels, shapes) unchanged."""
+    full = load("shapes", n=80)
+    plain = load("shapes", n=80, backgrounds=["flat", "noise"])
+    names = plain.factor_names["background"]
+    assert set(torch.unique(plain.factors["background"]).tolist()) == {names.index("flat"), names.index("noise")}
+    assert torch.equal(plain.labels, full.labels) and torch.equal(plain.factors["colour"], full.factors["colour"])
+    same = full.factors["background"] == plain.factors["background"]
+    assert torch.equal(plain.images[same], full.images[same]) and (~same).any()
+    assert torch.equal(load("shapes", n=20, backgrounds=list(sh.BACKGROUNDS)).images, full.images[:20])
+    with pytest.raises(ValueError, match="backgrounds=.*'clouds'.*one or more of"):
+        load("shapes", backgrounds=["clouds"])
+
+
 def test_shapes_are_learnable_beyond_chance_but_not_by_raw_pixels() -> None:
     """Raw-pixel weighted kNN is above chance (the class is in the pixels) yet far from solved (nuisances)."""
     from workbench.metrics import knn_accuracy
@@ -195,7 +209,7 @@ def test_registry_errors() -> None:
         load("imagenet")
     for name in known_datasets():
         assert repr(name) in str(e.value)
-    with pytest.raises(ValueError, match=r"'shapes' does not take option\(s\) \['download'\]; it accepts \['n', 'seed', 'size'\]"):
+    with pytest.raises(ValueError, match=r"'shapes' does not take option\(s\) \['download'\]; it accepts \['backgrounds', 'n', 'seed', 'size'\]"):
         load("shapes", download=True)
     with pytest.raises(ValueError, match="split='val'"):
         load("shapes", split="val")

@@ -3,7 +3,8 @@
 Sources of the preset values:
 - simclr: SimCLR (Chen et al. 2020) / solo-learn ``scripts/pretrain/cifar/augmentations/symmetric.yaml``
   (the augmentations solo-learn's cifar ``simclr.yaml`` uses): crop scale (0.08, 1), flip 0.5, jitter
-  p=0.8 with (0.8, 0.8, 0.8, 0.2), grayscale 0.2, blur p=0.5, no solarization.
+  p=0.8 with (0.8, 0.8, 0.8, 0.2), grayscale 0.2, blur p=0.5 (none for images <= 64 px, as in the
+  paper's and solo-learn's CIFAR recipes: a blurred 32 px crop loses the object), no solarization.
 - byol: BYOL (Grill et al. 2020) Table 6: jitter p=0.8 (0.4, 0.4, 0.2, 0.1), grayscale 0.2, view 1
   blur 1.0 / solarize 0, view 2 blur 0.1 / solarize 0.2. For images <= 64 px solo-learn's cifar
   ``asymmetric.yaml`` (byol.yaml): no blur in either view, solarize 0 / 0.2.
@@ -129,7 +130,7 @@ def _strong(size: int) -> dict[str, Any]:
 
 def _simclr(size: int, small: bool, extra: dict[str, Any]) -> tuple[list[ViewOps], int]:
     view = ViewOps(size=size, scale=(0.08, 1.0), jitter_p=0.8, brightness=0.8, contrast=0.8, saturation=0.8,
-                   hue=0.2, grayscale_p=0.2, blur_p=0.5)
+                   hue=0.2, grayscale_p=0.2, blur_p=0.0 if small else 0.5)
     return [view, dataclasses.replace(view)], 2
 
 

@@ -18,15 +18,20 @@ import torch
 
 from workbench.data.base import ImageDataset, check_n, register
 
-CLASS_NAMES = ["circle", "square", "triangle", "plus", "star", "ring", "hexagon", "diamond"]
+CLASS_NAMES = ["circle", "square", "triangle", "plus", "star", "ring", "crescent", "diamond"]
 COLOUR_NAMES = ["red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink"]
 PALETTE = np.array([[220, 50, 47], [245, 140, 30], [240, 220, 40], [60, 180, 75],
                     [40, 200, 220], [50, 90, 220], [140, 70, 200], [240, 110, 180]], dtype=np.int64)
 BACKGROUNDS = ["flat", "noise", "stripes", "checker", "gradient"]
-SCALE_RANGE = (0.2, 0.34)      # shape radius as a fraction of the image side
+SCALE_RANGE = (0.28, 0.4)       # shape radius as a fraction of the image side
 POS_RANGE = 0.9                # centre offset as a fraction of the room left around the shape
 DEFAULT_N = {"train": 10000, "test": 2000}
 DARK = np.array([28, 28, 32], dtype=np.float64)
+# muted background tints: their hue carries little of an image's identity, so colour jitter can remove it
+# (two saturated colours per image would give each image a jitter-proof colour pair, a shortcut)
+BG_COLOUR_NAMES = ["grey", "sand", "sage", "slate", "mauve", "taupe"]
+BG_PALETTE = np.array([[150, 150, 150], [176, 160, 128], [136, 156, 132], [128, 144, 164], [160, 136, 156],
+                       [148, 140, 128]], dtype=np.int64)
 
 # factor ids: one hash stream per random draw
 _F_LABEL, _F_COLOUR, _F_BGCOL, _F_BG, _F_SCALE, _F_PX, _F_PY, _F_ROT, _F_TEX, _F_NOISE = range(1, 11)
@@ -119,8 +124,9 @@ def _inside(cls: int, g: _Grid) -> torch.Tensor:
     if name == "ring":
         d2 = u * u + v * v
         return (d2 >= 0.5 * 0.5) & (d2 <= 0.9 * 0.9)
-    if name == "hexagon":
-        return _halfplanes(u, v, [0, 60, 120, 180, 240, 300], 0.8)
+    if name == "crescent":                      # a disc with an offset disc bitten out of it
+        bite_u = u - 0.42
+        return (u * u + v * v <= 0.9 * 0.9) & (bite_u * bite_u + v * v > 0.72 * 0.72)
     if name == "diamond":
         return u.abs() / 0.55 + v.abs() / 0.92 <= 1.0
     raise ValueError(f"unknown shape class {cls}")
@@ -154,8 +160,8 @@ def _backgrounds(stream: int, idx: np.ndarray, kind: np.ndarray, colour: np.ndar
     sel = kind == BACKGROUNDS.index("gradient")
     if sel.any():
         p[sel] = np.clip(0.5 + (along[sel] - 0.5 * (cos[sel] + sin[sel])), 0.0, 1.0)
-    base = PALETTE[np.asarray(colour, np.int64)].astype(np.float64)[:, :, None, None]   # [n, 3, 1, 1]
-    weight = (0.3 + 0.55 * p)[:, None]                                  # never as bright as the object
+    base = BG_PALETTE[np.asarray(colour, np.int64)].astype(np.float64)[:, :, None, None]   # [n, 3, 1, 1]
+    weight = (0.35 + 0.3 * p)[:, None]                                  # never as bright as the object
     img = DARK[None, :, None, None] + (base - DARK[None, :, None, None]) * weight
     return torch.from_numpy(np.floor(img + 0.5).astype(np.int32))
 
@@ -187,11 +193,26 @@ def _render(stream: int, idx: np.ndarray, labels: np.ndarray, colour: np.ndarray
     return ((bg * (total - count) + fg * count + total // 2) // total).to(torch.uint8)
 
 
+def _check_backgrounds(backgrounds: list[str] | tuple[str, ...] | str | None) -> list[str]:
+    """The background textures to draw from, in BACKGROUNDS order; an unknown name is an error listing them."""
+    if backgrounds is None:
+        return list(BACKGROUNDS)
+    chosen = [backgrounds] if isinstance(backgrounds, str) else list(backgrounds)
+    unknown = [b for b in chosen if b not in BACKGROUNDS]
+    if unknown or not chosen:
+        raise ValueError(f"'shapes': backgrounds={backgrounds!r} must name one or more of {BACKGROUNDS}")
+    return [b for b in BACKGROUNDS if b in chosen]
+
+
 @register("shapes")
-def load_shapes(split: str = "train", *, n: int | None = None, seed: int = 0, size: int = 32) -> ImageDataset:
+def load_shapes(split: str = "train", *, n: int | None = None, seed: int = 0, size: int = 32,
+                backgrounds: list[str] | tuple[str, ...] | str | None = None) -> ImageDataset:
     """``n`` images (default 10000 train / 2000 test) of ``size`` px (>= 16), deterministic from ``seed``.
 
     Labels are balanced: each block of 8 consecutive images holds every class once, in random order.
+    ``backgrounds`` restricts the textures drawn (default: all of BACKGROUNDS). Textures with global structure
+    (stripes, checker) are shared by two crops of one image, a shortcut a joint-embedding method can take
+    instead of the shape; ``backgrounds=["flat", "noise", "gradient"]`` removes it.
     """
     if not isinstance(size, int) or isinstance(size, bool) or size < 16:
         raise ValueError(f"'shapes': size={size!r} is too small; shapes images need size >= 16 (default 32)")
@@ -204,9 +225,9 @@ def load_shapes(split: str = "train", *, n: int | None = None, seed: int = 0, si
     order = _uniform(stream, np.arange(blocks * k, dtype=np.int64), _F_LABEL).reshape(blocks, k)
     labels = np.argsort(order, axis=1, kind="stable").reshape(-1)[:n]
     colour = np.floor(_uniform(stream, idx, _F_COLOUR) * len(COLOUR_NAMES)).astype(np.int64)
-    bg_colour = (colour + 1 + np.floor(_uniform(stream, idx, _F_BGCOL) * (len(COLOUR_NAMES) - 1)).astype(np.int64)) \
-        % len(COLOUR_NAMES)
-    background = np.floor(_uniform(stream, idx, _F_BG) * len(BACKGROUNDS)).astype(np.int64)
+    bg_colour = np.floor(_uniform(stream, idx, _F_BGCOL) * len(BG_COLOUR_NAMES)).astype(np.int64)
+    allowed = np.array([BACKGROUNDS.index(b) for b in _check_backgrounds(backgrounds)], dtype=np.int64)
+    background = allowed[np.floor(_uniform(stream, idx, _F_BG) * len(allowed)).astype(np.int64)]
     scale = SCALE_RANGE[0] + (SCALE_RANGE[1] - SCALE_RANGE[0]) * _uniform(stream, idx, _F_SCALE)
     pos_x = 2.0 * _uniform(stream, idx, _F_PX) - 1.0
     pos_y = 2.0 * _uniform(stream, idx, _F_PY) - 1.0
@@ -222,6 +243,40 @@ def load_shapes(split: str = "train", *, n: int | None = None, seed: int = 0, si
         "scale": torch.from_numpy(scale).float(), "pos_x": torch.from_numpy(pos_x).float(),
         "pos_y": torch.from_numpy(pos_y).float(), "rotation": torch.from_numpy(rot).float(),
     }
-    names = {"colour": list(COLOUR_NAMES), "background": list(BACKGROUNDS), "background_colour": list(COLOUR_NAMES)}
+    names = {"colour": list(COLOUR_NAMES), "background": list(BACKGROUNDS), "background_colour": list(BG_COLOUR_NAMES)}
     return ImageDataset(images, torch.from_numpy(labels.astype(np.int64)), list(CLASS_NAMES), "shapes", split,
                         factors, names)
+
+
+def object_masks(dataset: ImageDataset, supersample: int = 4, chunk: int = 256) -> torch.Tensor:
+    """Where the shape is in each image of a ``shapes`` data set: float [N, H, W], the fraction of each pixel the
+    shape covers (0 = background, 1 = object), rebuilt from the recorded label and factors (scale, pos_x, pos_y,
+    rotation) with the renderer's own geometry (``supersample`` x ``supersample`` sub-samples per pixel).
+
+    The factors are stored as float32, so edge pixels can differ from the rendered anti-aliasing by a sub-sample;
+    the mask is meant for region statistics (e.g. the share of attention that falls on the object).
+    """
+    need = ("scale", "pos_x", "pos_y", "rotation")
+    missing = [f for f in need if f not in dataset.factors]
+    if missing:
+        raise ValueError(f"object_masks needs a 'shapes' data set with factors {list(need)}; "
+                         f"{dataset.name or 'this data set'!r} lacks {missing}")
+    size = int(dataset.images.shape[-1])
+    n = len(dataset)
+    labels = dataset.labels.numpy().astype(np.int64)
+    r = dataset.factors["scale"].double().numpy() * size
+    room = size / 2 - 0.9 * r
+    cx = size / 2 + dataset.factors["pos_x"].double().numpy() * POS_RANGE * room
+    cy = size / 2 + dataset.factors["pos_y"].double().numpy() * POS_RANGE * room
+    rot = np.round(dataset.factors["rotation"].double().numpy()).astype(np.int64)
+    ss = int(supersample)
+    out = torch.zeros(n, size, size, dtype=torch.float32)
+    for cls in range(len(CLASS_NAMES)):
+        sel = np.nonzero(labels == cls)[0]
+        for start in range(0, len(sel), chunk):
+            part = sel[start:start + chunk]
+            zero = np.zeros(len(part), dtype=np.int64)
+            g = _Grid(cx[part], cy[part], r[part], rot[part], zero, zero, size, ss)
+            hits = _inside(cls, g).view(len(part), size, ss, size, ss).sum(dim=(2, 4), dtype=torch.int32)
+            out[torch.from_numpy(part)] = hits.float() / (ss * ss)
+    return out
