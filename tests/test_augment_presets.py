@@ -91,10 +91,13 @@ def test_known_presets_and_shapes():
         assert all(v.size == 32 for v in cfg.views[:n_global])
 
 
-def test_simclr_small_image_recipe_is_solo_learn_cifar():
+def test_simclr_small_image_recipe_is_the_papers_cifar_one():
+    """solo-learn's CIFAR jitter (0.8, 0.8, 0.8, 0.2); no blur, as in the SimCLR paper's CIFAR-10 recipe (its
+    Appendix B.9: blur hurts 32 px images); blur 0.5 again for large images."""
     v = make_preset("simclr", 32).views[0]
     assert (v.scale, v.jitter_p, v.brightness, v.contrast, v.saturation, v.hue) == ((0.08, 1.0), 0.8, 0.8, 0.8, 0.8, 0.2)
-    assert (v.grayscale_p, v.blur_p, v.solarize_p, v.flip_p) == (0.2, 0.5, 0.0, 0.5)
+    assert (v.grayscale_p, v.blur_p, v.solarize_p, v.flip_p) == (0.2, 0.0, 0.0, 0.5)
+    assert make_preset("simclr", 96).views[0].blur_p == 0.5
 
 
 def test_dino_local_crops():
