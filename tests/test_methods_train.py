@@ -1,15 +1,17 @@
-"""Every method trains 2 epochs on ``shapes`` on the CPU through the engine without NaN, and its backbone's weighted kNN accuracy (k=20, T=0.07) on the test split is above chance (10 classes) by a
-measured margin. The gain over the same backbone at random initialisation is measured and printed too.
+"""Every method trains 2 epochs on ``shapes`` on the CPU through the engine without NaN, and improves on its own
+backbone at random initialisation by a measured margin.
 
-Measured on a 2-core CPU: two short epochs are NOT enough for any method to beat a randomly initialised small
-CNN on shapes (with 2000 images at 16 px, 62 steps: SimCLR 0.150 and MoCo v3 0.154 against 0.253 at random
-init), so the test asserts above-chance accuracy (a collapsed backbone scores chance), not a gain over random
-init; see ``MARGINS``. The gain is printed for every method.
+Joint-embedding methods (small CNN, width 32): weighted kNN accuracy (k=20, T=0.07) on the test split must beat
+the same backbone at its initialisation (same seed, same images, same normalisation) by ``MARGINS[method]``.
+Masked-modelling methods (MAE, I-JEPA on a 2-block ViT): two epochs do not move a ViT's kNN accuracy (measured
++-0.004 around a random-init 0.18, as MAE's paper also finds kNN a weak read-out of MAE features), so the test
+asserts what these methods do learn in that budget: MAE's normalised-pixel reconstruction loss falls well below
+1.0 (the loss of predicting each patch's mean, i.e. the zero target after per-patch normalisation), and I-JEPA's
+latent-prediction loss falls by a stated fraction.
 
-Sizes are chosen for a 2-core CPU: 1000 training images at 16 px, batch 64 (15 steps an epoch), the small CNN
-at width 16 for the joint-embedding methods and a 2-block vit_tiny with 4-px patches for MAE and I-JEPA.
-The warm-up is clamped to half the run by the engine; ``CASES`` lists the per-method overrides (a larger
-learning rate where the paper's is tuned for hundreds of epochs).
+Sizes (2-core CPU): 2000 training images and 500 test images at 32 px, batch 64 (31 steps an epoch). Two short
+epochs need a fast optimiser, so every method runs AdamW at base lr 4e-3 per 256 images (1e-3 at batch 64) with a
+0.2-epoch warm-up instead of its long-schedule recipe; heads are narrowed (``CASES``).
 """
 from __future__ import annotations
 
@@ -18,36 +20,40 @@ import torch
 
 from workbench.methods import METHOD_MODULES, known_methods
 
-N_TRAIN, N_TEST, SIZE, CHANCE = 1000, 500, 16, 0.1
-CNN = {"backbone": "small_cnn", "options": {"width": 16}}
+N_TRAIN, N_TEST, SIZE = 2000, 500, 32
+CNN = {"backbone": "small_cnn", "options": {"width": 32}}
 VIT = {"backbone": "vit_tiny", "options": {"depth": 2, "patch_size": 4}}
 SMALL_HEAD = {"proj_hidden_dim": 512, "proj_output_dim": 128}
 
+SHORT_RUN = {"optimizer": "adamw", "lr": 4e-3, "warmup_epochs": 0.2}
+
 # method -> (model, method options, train overrides)
 CASES: dict[str, tuple[dict, dict, dict]] = {
-    "simclr": (CNN, SMALL_HEAD, {}),
-    "mocov3": (CNN, {**SMALL_HEAD, "pred_hidden_dim": 512}, {}),
-    "byol": (CNN, {**SMALL_HEAD, "pred_hidden_dim": 512}, {}),
-    "simsiam": (CNN, {"proj_hidden_dim": 512, "proj_output_dim": 512, "pred_hidden_dim": 128}, {}),
-    "barlow_twins": (CNN, {"proj_hidden_dim": 512, "proj_output_dim": 512}, {}),
-    "vicreg": (CNN, {"proj_hidden_dim": 512, "proj_output_dim": 512}, {}),
+    "simclr": (CNN, SMALL_HEAD, SHORT_RUN),
+    "mocov3": (CNN, {**SMALL_HEAD, "pred_hidden_dim": 512}, SHORT_RUN),
+    "byol": (CNN, {**SMALL_HEAD, "pred_hidden_dim": 512}, SHORT_RUN),
+    "simsiam": (CNN, {"proj_hidden_dim": 512, "proj_output_dim": 512, "pred_hidden_dim": 128}, SHORT_RUN),
+    "barlow_twins": (CNN, {"proj_hidden_dim": 512, "proj_output_dim": 512}, SHORT_RUN),
+    "vicreg": (CNN, {"proj_hidden_dim": 512, "proj_output_dim": 512}, SHORT_RUN),
     "dino": (CNN, {"out_dim": 1024, "hidden_dim": 512, "bottleneck_dim": 128, "warmup_teacher_temp_epochs": 1},
-             {"lr": 2e-3}),
-    "swav": (CNN, {"hidden_dim": 512, "num_prototypes": 100}, {}),
-    "mae": (VIT, {}, {"lr": 2e-3}),
-    "ijepa": (VIT, {}, {"lr": 2e-3}),
+             SHORT_RUN),
+    "swav": (CNN, {"hidden_dim": 512, "num_prototypes": 100}, SHORT_RUN),
+    "mae": (VIT, {}, SHORT_RUN),
+    "ijepa": (VIT, {}, SHORT_RUN),
 }
 
-# asserted minimum of kNN accuracy above chance (pretrained - 0.1). Measured above-chance / gain over random
-# init (1000 images, 16 px, 2 epochs): simclr +0.042/-0.094, mocov3 +0.050/-0.086, byol +0.100/-0.036,
-# simsiam +0.134/-0.002, barlow_twins +0.036/-0.100, vicreg +0.034/-0.102, dino +0.106/-0.030,
-# swav +0.142/+0.006, mae +0.048/+0.004, ijepa +0.004/-0.040
-MARGINS = {
-    "simclr": 0.02, "mocov3": 0.02, "byol": 0.02, "simsiam": 0.02, "barlow_twins": 0.02, "vicreg": 0.02,
-    "dino": 0.02, "swav": 0.02, "mae": 0.02,
-    # I-JEPA's kNN stays at chance after 30 steps (measured 0.104): only its falling loss is asserted
-    "ijepa": None,
-}
+# Asserted minimum kNN gain over the backbone at initialisation (random init scores 0.264). Measured on this 2-core
+# CPU with 1 thread / 2 threads (float reductions differ, so do the runs): simclr +0.038/+0.056, mocov3
+# +0.104/+0.090, byol +0.140/+0.134, simsiam +0.092/+0.048, barlow_twins +0.082/+0.092, vicreg +0.068/+0.064,
+# dino +0.054/+0.054, swav +0.066/+0.080. The margins are about half the smaller figure; the test split has 500
+# images (one image = 0.002).
+MARGINS = {"simclr": 0.016, "mocov3": 0.045, "byol": 0.065, "simsiam": 0.02, "barlow_twins": 0.04, "vicreg": 0.03,
+           "dino": 0.025, "swav": 0.03}
+# Masked modelling, measured -- MAE 2.78 -> 0.62 (normalised pixels; 1.0 = predicting
+# the patch mean); I-JEPA 0.437 -> 0.312 (smooth L1 in the target encoder's layer-normed space; -29%).
+MAE_LOSS_BELOW = 0.8
+IJEPA_DROP = 0.1  # I-JEPA's last logged losses at least 10% below its first ...
+IJEPA_MIN_RANKME = 4.0  # ... without collapsing its features (a constant target would be trivially predictable)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +71,7 @@ def shapes_cached():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", METHOD_MODULES)
-def test_method_trains_two_epochs_above_chance(method, shapes_cached, tmp_path):
+def test_method_trains_two_epochs_and_beats_its_init(method, shapes_cached, tmp_path):
     if method not in known_methods():
         pytest.skip(f"workbench/methods/{method}.py is not written yet")
     from workbench.train import DataConfig, ModelConfig, PretrainConfig, TrainConfig, pretrain
@@ -84,9 +90,14 @@ def test_method_trains_two_epochs_above_chance(method, shapes_cached, tmp_path):
     scores = knn_vs_random(run, knn_max_train=N_TRAIN)
     gain = scores["knn_pretrained"] - scores["knn_random_init"]
     print(f"\n{method}: kNN pretrained {scores['knn_pretrained']:.3f} random init {scores['knn_random_init']:.3f} "
-          f"gain {gain:+.3f}; above chance {scores['knn_pretrained'] - CHANCE:+.3f} (asserted >= {MARGINS[method]}) "
+          f"gain {gain:+.3f} (asserted >= {MARGINS.get(method)}); "
           f"loss {losses[0]:.3f} -> {losses[-1]:.3f}")
-    if MARGINS[method] is not None:
-        assert scores["knn_pretrained"] - CHANCE >= MARGINS[method], (method, scores)
+    if method in MARGINS:
+        assert gain >= MARGINS[method], (method, scores)
+    elif method == "mae":
+        assert sum(losses[-3:]) / 3 < MAE_LOSS_BELOW, (method, losses)
     else:
-        assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, (method, losses)  # the loss goes down
+        first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+        assert last < (1 - IJEPA_DROP) * first, (method, losses)
+        rankmes = [r["rankme"] for r in run.metrics() if r["kind"] == "step" and "rankme" in r]
+        assert rankmes and rankmes[-1] > IJEPA_MIN_RANKME, (method, rankmes)
