@@ -33,32 +33,32 @@ def _from_hwc(data: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.asarray(data, dtype=np.uint8).transpose(0, 3, 1, 2)))
 
 
+def _cifar(name: str, split: str, root: str | Path | None, n: int | None, size: int | None,
+           download: bool) -> ImageDataset:
+    """CIFAR-10 or CIFAR-100 (fine labels) ``split``: uint8 [N, 3, 32, 32] (or ``size`` px), first ``n`` images."""
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    check_size(name, size)
+    check_n(name, n)
+    cls = {"cifar10": CIFAR10, "cifar100": CIFAR100}[name]
+    tv = _open(name, lambda: cls(str(root), train=split == "train", download=download), root, download)
+    ds = ImageDataset(_from_hwc(tv.data), torch.as_tensor(tv.targets, dtype=torch.int64), list(tv.classes),
+                      name, split)
+    return finish(ds, n, size)
+
+
 @register("cifar10")
 def load_cifar10(split: str = "train", *, root: str | Path | None = None, n: int | None = None,
                  size: int | None = None, download: bool = False) -> ImageDataset:
     """CIFAR-10 ``split``: uint8 [N, 3, 32, 32] (or ``size`` px), first ``n`` images."""
-    from torchvision.datasets import CIFAR10
-
-    check_size("cifar10", size)
-    check_n("cifar10", n)
-    tv = _open("cifar10", lambda: CIFAR10(str(root), train=split == "train", download=download), root, download)
-    ds = ImageDataset(_from_hwc(tv.data), torch.as_tensor(tv.targets, dtype=torch.int64), list(tv.classes),
-                      "cifar10", split)
-    return finish(ds, n, size)
+    return _cifar("cifar10", split, root, n, size, download)
 
 
 @register("cifar100")
 def load_cifar100(split: str = "train", *, root: str | Path | None = None, n: int | None = None,
                   size: int | None = None, download: bool = False) -> ImageDataset:
     """CIFAR-100 ``split`` (fine labels): uint8 [N, 3, 32, 32] (or ``size`` px), first ``n`` images."""
-    from torchvision.datasets import CIFAR100
-
-    check_size("cifar100", size)
-    check_n("cifar100", n)
-    tv = _open("cifar100", lambda: CIFAR100(str(root), train=split == "train", download=download), root, download)
-    ds = ImageDataset(_from_hwc(tv.data), torch.as_tensor(tv.targets, dtype=torch.int64), list(tv.classes),
-                      "cifar100", split)
-    return finish(ds, n, size)
+    return _cifar("cifar100", split, root, n, size, download)
 
 
 @register("stl10")
