@@ -1,4 +1,5 @@
-"""SimCLR (Chen et al., 2020): contrastive learning with the NT-Xent loss; option DCL/DCLW (Yeh et al., 2022).
+"""SimCLR (Chen et al., 2020): contrastive learning with the NT-Xent loss; options DCL/DCLW (Yeh et al., 2022) and
+MoCHi hard-negative mixing (Kalantidis et al., 2020).
 
 Pseudo-code, as written here::
 
@@ -9,6 +10,9 @@ Pseudo-code, as written here::
     loss = cross_entropy(logits, column of the other view of the same image)           # NT-Xent
     dcl:  loss = mean(-w * pos / t + logsumexp(logits without the positive column))   # DCL; w = 1
     dclw: w = 2 - exp(pos / sigma) / mean_batch(exp(pos / sigma))                       # DCLW weighting
+    mochi (Kalantidis et al., 2020): per anchor, mix its N hardest negatives into s synthetic negatives
+          normalize(alpha n_i + (1 - alpha) n_j) and s' normalize(beta q + (1 - beta) n_j), beta < 0.5; they are
+          appended to the anchor's logits without gradient of their own
 
 Defaults follow solo-learn's CIFAR recipe (``scripts/pretrain/cifar/simclr.yaml``: projector Linear-ReLU-Linear
 2048 -> 256, temperature 0.2, LARS lr 0.4 per 256 images, weight decay 1e-4; warm-up 10 epochs, solo-learn's
@@ -30,13 +34,19 @@ from workbench.models.heads import mlp
 @dataclass
 class SimCLRConfig:
     """SimCLR hyper-parameters. ``loss``: "ntxent" (SimCLR) or "dcl" (decoupled: positive removed from the
-    denominator); ``dcl_sigma`` set with loss="dcl" turns on DCLW's positive weighting (paper: 0.5)."""
+    denominator); ``dcl_sigma`` set with loss="dcl" turns on DCLW's positive weighting (paper: 0.5).
+    MoCHi hard-negative mixing (off when ``mochi_hardest`` is 0): ``mochi_hardest`` = N hardest negatives per
+    anchor, ``mochi_mix`` = s negative-negative mixes, ``mochi_mix_query`` = s' query-negative mixes (the paper's
+    (N, s, s'); it uses e.g. (1024, 1024, 512) over a 65k queue: scale N to the batch, here 2B - 2 negatives)."""
 
     proj_hidden_dim: int = 2048
     proj_output_dim: int = 256
     temperature: float = 0.2
     loss: str = "ntxent"
     dcl_sigma: float | None = None
+    mochi_hardest: int = 0
+    mochi_mix: int = 0
+    mochi_mix_query: int = 0
 
     def __post_init__(self) -> None:
         o = "SimCLRConfig"
@@ -49,15 +59,54 @@ class SimCLRConfig:
             if self.loss != "dcl":
                 raise ConfigError(f"{o}.dcl_sigma={self.dcl_sigma} weights the decoupled loss; set loss='dcl' "
                                   f"too, or dcl_sigma=None for plain NT-Xent")
+        for name in ("mochi_hardest", "mochi_mix", "mochi_mix_query"):
+            check_range(o, name, getattr(self, name), 0)
+        if self.mochi_hardest == 0 and (self.mochi_mix or self.mochi_mix_query):
+            raise ConfigError(f"{o}.mochi_mix/mochi_mix_query mix the hardest negatives: set mochi_hardest > 0 "
+                              f"(e.g. 64) too, or both to 0")
+        if self.mochi_hardest and not (self.mochi_mix or self.mochi_mix_query):
+            raise ConfigError(f"{o}.mochi_hardest={self.mochi_hardest} synthesises nothing: set mochi_mix and/or "
+                              f"mochi_mix_query > 0, or mochi_hardest=0")
+
+
+def mochi_negatives(anchors: torch.Tensor, candidates: torch.Tensor, negative_logits: torch.Tensor, hardest: int,
+                    mix: int, mix_query: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """MoCHi's synthetic hard negatives, [2B, s + s', d] (L2-normalised, no gradient).
+
+    anchors [2B, d] and candidates [2N, d] are L2-normalised; negative_logits [2B, 2N] are the anchors' logits with
+    their self and positive columns at -inf. Per anchor: the ``hardest`` highest-logit negatives; ``mix`` points
+    alpha n_i + (1 - alpha) n_j (i, j among them, alpha ~ U(0, 1)) and ``mix_query`` points beta q + (1 - beta) n_j
+    (beta ~ U(0, 0.5), so the query never dominates), each renormalised. Draw order: alpha, i, j, j', beta.
+    """
+    available = int(torch.isfinite(negative_logits[0]).sum())
+    if hardest > available:
+        raise ValueError(f"mochi_hardest={hardest} is more than the {available} negatives of each anchor in this "
+                         f"batch; lower it or raise the batch size")
+    with torch.no_grad():
+        rows, dev = anchors.shape[0], anchors.device
+        top = negative_logits.topk(hardest, dim=1).indices                            # [2B, N]
+        hard = candidates.detach()[top]                                               # [2B, N, d]
+        g = {"generator": generator} if generator is not None else {}
+        alpha = torch.rand(rows, mix, 1, device=dev, **g)
+        i = torch.randint(0, hardest, (rows, mix), device=dev, **g)
+        j = torch.randint(0, hardest, (rows, mix), device=dev, **g)
+        jq = torch.randint(0, hardest, (rows, mix_query), device=dev, **g)
+        beta = 0.5 * torch.rand(rows, mix_query, 1, device=dev, **g)
+        pick = lambda idx: hard.gather(1, idx[:, :, None].expand(-1, -1, hard.shape[2]))  # noqa: E731
+        mixed = alpha * pick(i) + (1 - alpha) * pick(j)                               # [2B, s, d]
+        with_query = beta * anchors.detach()[:, None] + (1 - beta) * pick(jq)         # [2B, s', d]
+        return F.normalize(torch.cat([mixed, with_query], dim=1), dim=2)
 
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2, decoupled: bool = False,
-                 dcl_sigma: float | None = None) -> torch.Tensor:
+                 dcl_sigma: float | None = None, mochi: tuple[int, int, int] | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
     """NT-Xent over the 2N views of the global batch, averaged over this rank's 2B anchors (``decoupled``: DCL).
 
     z1, z2: [B, d] projections of two views of the same B images (row i of each is a positive pair); other
     ranks' projections are gathered with gradients, and this rank's rows sit at offset ``rank() * B``.
     ``dcl_sigma`` (only with ``decoupled``) weights each positive term by DCLW's von Mises-Fisher weight.
+    ``mochi`` = (N, s, s') appends MoCHi's synthetic negatives (:func:`mochi_negatives`, drawn from ``generator``).
     """
     with torch.autocast(z1.device.type, enabled=False):  # logits in float32 even under bf16 autocast
         b = z1.shape[0]
@@ -71,6 +120,11 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2, d
         self_col, pos_col = torch.cat([idx, idx + n])[:, None], torch.cat([idx + n, idx])[:, None]  # [2B, 1]
         mask = torch.zeros_like(logits, dtype=torch.bool)
         logits = logits.masked_fill(mask.scatter(1, self_col, True), float("-inf"))
+        if mochi is not None and mochi[0] > 0:
+            negative_logits = logits.masked_fill(mask.scatter(1, pos_col, True), float("-inf"))
+            synthetic = mochi_negatives(anchors, candidates, negative_logits, *mochi, generator=generator)
+            logits = torch.cat([logits, torch.einsum("bd,bkd->bk", anchors, synthetic) / temperature], dim=1)
+            mask = torch.zeros_like(logits, dtype=torch.bool)
         if not decoupled:
             return F.cross_entropy(logits, pos_col[:, 0])
         pos = logits.gather(1, pos_col)[:, 0]                                        # [2B]
@@ -105,6 +159,8 @@ class SimCLR(Method):
         c = self.config
         f1, f2 = self.backbone(batch.views[0]), self.backbone(batch.views[1])
         z1, z2 = self.projector(f1), self.projector(f2)
-        loss = nt_xent_loss(z1, z2, c.temperature, decoupled=c.loss == "dcl", dcl_sigma=c.dcl_sigma)
+        mochi = (c.mochi_hardest, c.mochi_mix, c.mochi_mix_query) if c.mochi_hardest else None
+        loss = nt_xent_loss(z1, z2, c.temperature, decoupled=c.loss == "dcl", dcl_sigma=c.dcl_sigma, mochi=mochi,
+                            generator=progress.generator)
         pos_sim = F.cosine_similarity(z1.detach().float(), z2.detach().float(), dim=1).mean()
         return StepOutput(loss, f1.detach(), {"pos_sim": pos_sim})
