@@ -11,15 +11,26 @@ Defaults: solo-learn ``scripts/pretrain/cifar/simsiam.yaml`` (projector 3 layers
 without affine, predictor 2048 -> 512 -> 2048, SGD lr 0.5 per 256 images, weight decay 1e-5, warm-up 10 epochs).
 The paper's CIFAR recipe: SGD lr 0.03 per 256, weight decay 5e-4; its ImageNet recipe keeps the predictor's
 learning rate fixed (not applied here: the engine schedules every parameter group alike).
+
+DirectPred (Tian et al., 2021; option ``direct_pred=True``): the predictor is one linear map that is not trained but
+set after every step from the projections' correlation matrix, F <- rho F + (1 - rho) E[z z^T] = U diag(s) U^T,
+W_p = U diag(sqrt(s / max s) + eps) U^T (rho 0.3, eps 0.01: solo-learn's defaults).
+
+Ablations (paper Sec. 4.1, Fig. 2 and Table 1), for showing collapse: ``stop_gradient=False`` lets the gradient
+flow through both branches of D(p, z) (the paper's "w/o stop-grad": the embeddings collapse to a constant within
+a few epochs), and ``predictor=False`` replaces h by the identity ("no pred": collapses too). Both default to the
+working method.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
+import torch.nn as nn
 import torch.nn.functional as F
 
-from workbench.config import check_range
+from workbench.config import ConfigError, check_range
 from workbench.methods.base import Batch, Method, Progress, StepOutput, register
 from workbench.models.backbones import Backbone
 from workbench.models.heads import mlp
@@ -33,17 +44,39 @@ class SimSiamConfig:
     proj_output_dim: int = 2048
     pred_hidden_dim: int = 512
     proj_layers: int = 3
+    stop_gradient: bool = True  # False: the collapsing ablation, gradients through both branches of D(p, z)
+    predictor: bool = True  # False: the collapsing ablation, h = identity (no predictor MLP)
+    direct_pred: bool = False  # True: DirectPred's linear predictor set from the eigenbasis of E[z z^T]
+    direct_pred_rho: float = 0.3
+    direct_pred_eps: float = 0.01
 
     def __post_init__(self) -> None:
         o = "SimSiamConfig"
         for name in ("proj_hidden_dim", "proj_output_dim", "pred_hidden_dim", "proj_layers"):
             check_range(o, name, getattr(self, name), 1)
+        for name in ("stop_gradient", "predictor", "direct_pred"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{o}.{name}={getattr(self, name)!r} must be true or false")
+        check_range(o, "direct_pred_rho", self.direct_pred_rho, 0.0, 1.0, high_inclusive=False)
+        check_range(o, "direct_pred_eps", self.direct_pred_eps, 0.0)
+        if self.direct_pred and not self.predictor:
+            raise ConfigError(f"{o}.direct_pred=True sets the predictor directly; it needs predictor=True")
 
 
-def negative_cosine_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """SimSiam's D(p, z) = -mean_i cos(p_i, z_i) with a stop-gradient on z: p, z [B, d] -> scalar in [-1, 1]."""
+def direct_pred_weight(corr: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
+    """DirectPred's predictor from a correlation matrix [d, d]: U diag(sqrt(s / max s) + eps) U^T (float32)."""
+    s, u = torch.linalg.eigh(corr.double())
+    p = (s.clamp_min(0) / s.max().clamp_min(1e-12)).sqrt() + eps
+    return (u @ torch.diag(p.clamp_min(1e-4)) @ u.T).float()
+
+
+def negative_cosine_loss(p: torch.Tensor, z: torch.Tensor, stop_gradient: bool = True) -> torch.Tensor:
+    """SimSiam's D(p, z) = -mean_i cos(p_i, z_i) with a stop-gradient on z: p, z [B, d] -> scalar in [-1, 1].
+
+    ``stop_gradient=False`` keeps z in the graph (the paper's collapsing ablation)."""
     dtype = torch.promote_types(p.dtype, torch.float32)  # float32 at least (bf16/fp16 inputs upcast)
-    return -F.cosine_similarity(p.to(dtype), z.detach().to(dtype), dim=-1).mean()
+    z = z.detach() if stop_gradient else z
+    return -F.cosine_similarity(p.to(dtype), z.to(dtype), dim=-1).mean()
 
 
 @register
@@ -60,7 +93,13 @@ class SimSiam(Method):
         c = config
         self.projector = mlp(backbone.feature_dim, c.proj_hidden_dim, c.proj_output_dim, c.proj_layers,
                              last_batch_norm=True, last_bn_affine=False)
-        self.predictor = mlp(c.proj_output_dim, c.pred_hidden_dim, c.proj_output_dim, 2)
+        if c.direct_pred:
+            self.predictor = nn.Linear(c.proj_output_dim, c.proj_output_dim, bias=False).requires_grad_(False)
+            nn.init.eye_(self.predictor.weight)
+            self.register_buffer("corr", torch.zeros(c.proj_output_dim, c.proj_output_dim))
+        else:
+            self.predictor = (mlp(c.proj_output_dim, c.pred_hidden_dim, c.proj_output_dim, 2) if c.predictor
+                              else nn.Identity())
 
     def training_step(self, batch: Batch, progress: Progress) -> StepOutput:
         if len(batch.views) < 2:
@@ -69,6 +108,20 @@ class SimSiam(Method):
         f1, f2 = self.backbone(x1), self.backbone(x2)
         z1, z2 = self.projector(f1), self.projector(f2)
         p1, p2 = self.predictor(z1), self.predictor(z2)
-        loss = negative_cosine_loss(p1, z2) / 2 + negative_cosine_loss(p2, z1) / 2
+        sg = self.config.stop_gradient
+        loss = negative_cosine_loss(p1, z2, sg) / 2 + negative_cosine_loss(p2, z1, sg) / 2
+        if self.config.direct_pred and self.training:  # F <- rho F + (1 - rho) E[z z^T] over both views
+            z = torch.cat([z1, z2]).detach().float()
+            rho = self.config.direct_pred_rho if self.corr.abs().sum() > 0 else 0.0
+            self.corr.mul_(rho).add_(z.T @ z / z.shape[0], alpha=1 - rho)
         z_std = F.normalize(z1.detach().float(), dim=1).std(dim=0).mean()  # collapse alarm: ~1/sqrt(d) if healthy
         return StepOutput(loss, f1.detach(), {"z_std": z_std})
+
+    @torch.no_grad()
+    def update_teacher(self, progress: Progress) -> None:
+        """DirectPred: after each optimizer step, set the predictor from the current correlation estimate."""
+        if self.config.direct_pred and self.corr.abs().sum() > 0:
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                dist.all_reduce(self.corr)  # every rank's EMA is linear in its batches: average them
+                self.corr.div_(dist.get_world_size())
+            self.predictor.weight.copy_(direct_pred_weight(self.corr, self.config.direct_pred_eps))
