@@ -83,18 +83,140 @@ def check_compare_runs(run: Run, tmp_path: Path) -> None:
     assert (run.path / "curves_loss.html").exists()
 
 
+# ---- tutorials: each checks the one result its notebook teaches (margins measured, see each check) ------------
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) < 1e30
+
+
+def _pictures(run: Run) -> set[str]:
+    return {p.name for p in run.path.glob("*") if p.suffix in (".png", ".html")}
+
+
+def check_tutorial_augmentations(run: Run, tmp_path: Path) -> None:
+    s = run.summary
+    # without colour jitter, colour is far more decodable (the background tint: a linear probe) and it dominates
+    # which images are neighbours (the shape's colour and the tint: weighted kNN with the factor as the label);
+    # the shape's saturated colour stays linearly decodable from any features at this budget (~0.99), not checked
+    assert s["background_colour_acc_without_jitter"] > s["background_colour_acc_with_jitter"] + COLOUR_PROBE_GAP, s
+    assert s["background_colour_knn_without_jitter"] > s["background_colour_knn_with_jitter"] + TINT_KNN_GAP, s
+    assert s["colour_knn_without_jitter"] > s["colour_knn_with_jitter"] + COLOUR_KNN_GAP, s
+    assert s["colour_acc_without_jitter"] > 2 * s["colour_chance"], s
+    assert all(_finite(s[k]) for k in ("shape_acc_with_jitter", "shape_acc_without_jitter", "shape_acc_random_init"))
+    assert {"augmentations_with_colour_jitter.png", "augmentations_without_colour_jitter.png",
+            "factor_probes.html"} <= _pictures(run)
+    assert "colour" in (run.path / "factor_probes.csv").read_text()
+
+
+def check_tutorial_contrastive(run: Run, tmp_path: Path) -> None:
+    s = run.summary
+    assert s["nt_xent_max_abs_diff"] < 1e-5 and s["nt_xent_grad_max_abs_diff"] < 1e-5, s  # same loss as the library
+    assert s["loss_aligned_pairs"] < s["loss_random_pairs"] - 1.0, s
+    assert abs(s["loss_collapsed"] - s["log_2b_minus_1"]) < 1e-4, s  # collapse scores chance, not a low loss
+    # the short SimCLR run learned something: kNN well above chance. It is NOT asserted to beat its random init:
+    # at these sizes the gain is small and seed-dependent (measured +0.053 / +0.005, seeds 0 / 1, width 32)
+    assert s["knn_acc"] > 1.5 * _chance(run), s
+    assert _finite(s["knn_gain_over_random_init"]) and _finite(s["knn_acc_raw_pixels"]), s
+    assert training_run(run) is not None and "training.html" in _pictures(run)
+
+
+def check_tutorial_collapse(run: Run, tmp_path: Path) -> None:
+    s = run.summary
+    assert s["rankme_collapsed"] < RANKME_RATIO * s["rankme_working"], s  # without stop-gradient the rank falls
+    assert s["loss_collapsed"] < s["loss_working"], s  # ... while the loss looks better
+    assert s["collapse_warning_collapsed"] is True, s  # and the monitor's collapse rule fires
+    assert {"collapse_curves.html", "training_collapsing.html"} <= _pictures(run)
+
+
+def check_tutorial_mae(run: Run, tmp_path: Path) -> None:
+    s = run.summary
+    assert s["heldout_loss"] < 0.5 * s["heldout_loss_at_init"], s
+    assert s["heldout_loss"] < MAE_BASELINE_RATIO * s["heldout_mean_patch_loss"], s  # beats the best constant guess
+    assert s["heldout_masked_patches"] > 0
+    assert {"masks.png", "reconstructions.png", "reconstructions_at_init.png"} <= _pictures(run)
+
+
+def check_tutorial_dino(run: Run, tmp_path: Path) -> None:
+    s = run.summary
+    keys = ("attention_share_trained", "attention_share_random_init", "attention_share_uniform",
+            "attention_share_best_head_trained", "images_above_uniform_trained")
+    assert all(_finite(s[k]) and 0.0 <= s[k] <= 1.0 for k in keys), s
+    # the object covers part of the image, and an untrained ViT spreads attention about uniformly over it
+    assert 0.05 < s["attention_share_uniform"] < 0.5, s
+    assert abs(s["attention_share_random_init"] - s["attention_share_uniform"]) < 0.03, s
+    # after the short DINO run, more of the CLS attention falls on the object than uniform attention would put
+    # there: a small effect, measured +0.024 / +0.015 / +0.016 / +0.019 (seeds 0-3) over uniform (~0.177)
+    assert s["attention_share_trained"] > s["attention_share_uniform"] + 0.005, s
+    assert "attention.png" in _pictures(run)
+
+
+def check_tutorial_label_free(run: Run, tmp_path: Path) -> None:
+    s = run.summary
+    names = [r["name"] for r in read_parameters(run)["parameters"]["sweep_runs"]]
+    assert s["n_runs"] == len(names) and s["runs"] == names, s
+    for name in names:  # every run of the sweep was scored, with and without labels
+        assert _finite(s[f"rankme/{name}"]) and s[f"rankme/{name}"] >= 1.0, (name, s)
+        assert _finite(s[f"knn_acc/{name}"]) and 0.0 <= s[f"knn_acc/{name}"] <= 1.0, (name, s)
+    assert _finite(s["spearman_rankme_knn"]) and -1.0 <= s["spearman_rankme_knn"] <= 1.0, s
+    collapsed = [n for n in names if "without stop-gradient" in n]
+    for name in collapsed:  # the deliberately collapsing run has the lowest rank of the sweep
+        assert s[f"rankme/{name}"] == min(s[f"rankme/{n}"] for n in names), s
+    assert "rankme_vs_knn.html" in _pictures(run)
+
+
+def check_tutorial_semi_supervised(run: Run, tmp_path: Path) -> None:
+    s = run.summary
+    assert s["num_labeled_1pct"] < s["num_labeled_10pct"], s
+    for key in ("finetune_top1_1pct_pretrained", "finetune_top1_1pct_scratch", "finetune_top1_10pct_pretrained",
+                "finetune_top1_10pct_scratch", "distill_top1", "distill_teacher_top1"):
+        assert _finite(s[key]) and 0.0 <= s[key] <= 1.0, (key, s)
+    # ten times the labels: far better, from either start (measured 0.55-0.67 vs 0.20-0.29)
+    for start in ("pretrained", "scratch"):
+        assert s[f"finetune_top1_10pct_{start}"] > s[f"finetune_top1_1pct_{start}"] + 0.15, s
+    # the student, trained on the teacher's soft labels only, ends near its teacher (measured -0.026 to +0.024)
+    assert abs(s["distill_top1"] - s["distill_teacher_top1"]) < 0.06, s
+    # pretrained vs from scratch at 1% is recorded, not asserted: measured +0.049 / -0.006 / +0.034 (seeds 0-2)
+    assert _finite(s["finetune_gain_1pct"]), s
+    assert "semi_supervised.html" in _pictures(run)
+
+
+# measured margins (see the report of each tutorial's CI runs)
+COLOUR_PROBE_GAP = 0.08  # measured 0.135 / 0.177 (seeds 0 / 1)
+TINT_KNN_GAP = 0.2  # measured 0.42 / 0.40
+COLOUR_KNN_GAP = 0.03  # measured 0.063 / 0.077
+RANKME_RATIO = 0.5  # measured 0.26 / 0.32 (seeds 0 / 1)
+MAE_BASELINE_RATIO = 0.9  # measured 0.79 / 0.80 at 20 steps (CI runs 30)
+
+
 SMALL_CNN = {"width": 16}
 SMALL_HEAD = {"proj_hidden_dim": 512, "proj_output_dim": 128}
 
 CASES: dict[str, Case] = {
-    # the engine's CPU test sizes (tests/test_methods_train.py): small CNN at width 16, small heads, 2000 images
-    "00_quickstart.ipynb": Case({"epochs": 2, "n_images": 2000, "n_eval": 2000, "batch_size": 128, "umap": "off",
-                                 "backbone_options": SMALL_CNN,
+    # the engine's CPU test sizes (tests/test_methods_train.py): small CNN at width 32, AdamW, 2000 images, 2 epochs
+    "00_quickstart.ipynb": Case({"epochs": 2, "n_images": 2000, "n_eval": 2000, "batch_size": 64, "umap": "off",
+                                 "backbone_options": {"width": 32},
                                  "method_options": {**SMALL_HEAD, "pred_hidden_dim": 512}},
                                 check_quickstart),
     "pretrain.ipynb": Case({"epochs": 1, "n_images": 1000, "batch_size": 128, "metrics": "knn,linear",
                             "backbone_options": SMALL_CNN, "method_options": SMALL_HEAD}, check_pretrain),
     "compare_runs.ipynb": Case(_fake_runs, check_compare_runs),
+    # tutorials: CI sizes run each in about a minute on a 2-core CPU
+    "tutorial_01_augmentations.ipynb": Case({"epochs": 3, "n_images": 2000, "n_eval": 1000},
+                                            check_tutorial_augmentations),
+    "tutorial_02_contrastive.ipynb": Case({"epochs": 2, "n_images": 2000, "n_eval": 1000}, check_tutorial_contrastive),
+    "tutorial_03_collapse.ipynb": Case({"epochs": 2, "n_images": 2000,
+                                        "variants": {"SimSiam": {}, "no stop-gradient": {"stop_gradient": False}}},
+                                       check_tutorial_collapse),
+    "tutorial_04_mae.ipynb": Case({"epochs": 3, "n_images": 1280, "n_heldout": 200}, check_tutorial_mae),
+    "tutorial_05_dino_attention.ipynb": Case({"epochs": 3, "n_images": 1280, "n_eval": 200},
+                                              check_tutorial_dino),
+    "tutorial_06_label_free.ipynb": Case({"n_images": 1500, "n_eval": 1000, "sweep_runs": [
+        {"name": "simclr 1 epoch", "method": "simclr", "epochs": 1},
+        {"name": "simclr 3 epochs", "method": "simclr", "epochs": 3},
+        {"name": "simsiam without stop-gradient", "method": "simsiam", "epochs": 2,
+         "options": {"stop_gradient": False}}]}, check_tutorial_label_free),
+    "tutorial_07_semi_supervised.ipynb": Case({"epochs": 2, "n_images": 4000, "n_test": 1000, "batch_size": 64,
+                                               "distill_min_steps": 50}, check_tutorial_semi_supervised),
 }
 
 

@@ -130,3 +130,30 @@ def attention_image(maps: Sequence[torch.Tensor], grid: tuple[int, int], image_s
     lo = up.reshape(up.shape[0], -1).min(1)[:, None, None]
     hi = up.reshape(up.shape[0], -1).max(1)[:, None, None]
     return np.where(hi > lo, (up - lo) / np.where(hi > lo, hi - lo, 1), 0.0).astype(np.float32)
+
+
+def patch_fractions(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Pixel masks [B, H, W] (values in [0, 1], e.g. object coverage) -> mean per patch [B, h*w] (row-major),
+    the patch order of the attention maps. H and W must be multiples of the grid."""
+    b, hh, ww = masks.shape
+    h, w = grid
+    if hh % h or ww % w:
+        raise ValueError(f"masks of {hh}x{ww} px do not split into a {h}x{w} patch grid")
+    pooled = F.avg_pool2d(masks.float().unsqueeze(1), kernel_size=(hh // h, ww // w))
+    return pooled.reshape(b, h * w)
+
+
+def attention_share(attn: torch.Tensor, masks: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """How much of each image's patch attention falls on a region: (share [B], area [B]).
+
+    ``attn`` [B, L] non-negative patch attention (e.g. ``head_attention(maps)``, the CLS row); ``masks`` [B, H, W]
+    the region's pixel coverage in [0, 1] (e.g. ``workbench.data.shapes.object_masks``). ``share`` is
+    sum_l attn_l * m_l / sum_l attn_l with m_l the region's coverage of patch l; ``area`` is mean_l m_l, the share
+    that attention spread uniformly over the patches would give (the baseline to compare with).
+    """
+    frac = patch_fractions(masks, grid)
+    if attn.shape != frac.shape:
+        raise ValueError(f"attention {tuple(attn.shape)} and masks ({tuple(frac.shape)} patches) do not match")
+    a = attn.float().clamp_min(0)
+    share = (a * frac).sum(-1) / a.sum(-1).clamp_min(1e-12)
+    return share, frac.mean(-1)

@@ -71,3 +71,50 @@ def reconstruction_grid(rec: dict[str, Any], zoom: int = 4) -> np.ndarray:
     for i in range(rec["original"].shape[0]):
         rows.append([upscale(to_hwc(rec[k][i]), zoom) for k in ("original", "masked", "reconstruction", "pasted")])
     return image_grid(rows)
+
+
+@torch.no_grad()
+def reconstruction_losses(method: Any, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                          mask_ratio: float | None = None, seed: int = 0, batch_size: int = 256) -> dict[str, float]:
+    """MAE loss on the masked patches of uint8 images [N, C, H, W] (e.g. held-out test images), with baselines.
+
+    The masks are drawn from ``seed`` (the same masks for every model given the same images and seed), batch by
+    batch. Returns ``loss`` (the model's, as in training: mean squared error per masked patch, in the training
+    target space: per-patch normalised pixels with ``norm_pix_loss``), ``mean_patch_loss`` (predicting, for
+    every masked patch, the mean target patch of these images: the best constant guess) and ``zero_loss``
+    (predicting 0 in target space: with ``norm_pix_loss`` that is each patch's own flat mean colour), plus
+    ``masked_patches`` (how many patches were scored).
+    """
+    check_reconstructor(method)
+    from workbench.augment import normalize
+    from workbench.methods.mae import patchify
+
+    was_training = method.training
+    method.eval()
+    p = method.backbone.patch_size
+    norm_pix = bool(getattr(method.config, "norm_pix_loss", True))
+    ratio = method.config.mask_ratio if mask_ratio is None else mask_ratio
+    g = torch.Generator().manual_seed(int(seed))
+    model_sum, count, targets, masks = 0.0, 0.0, [], []
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            x = normalize(images[start:start + batch_size], mean, std)
+            out = method.reconstruct(x, mask_ratio=ratio, generator=g)
+            m = out["mask"].float()
+            model_sum += out["loss"] * float(m.sum())
+            count += float(m.sum())
+            t = patchify(x, p).float()
+            if norm_pix:
+                t = (t - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + 1e-6).sqrt()
+            targets.append(t)
+            masks.append(m)
+    finally:
+        method.train(was_training)
+    t, m = torch.cat(targets), torch.cat(masks)  # [N, L, P], [N, L]
+    w = m.unsqueeze(-1)
+    mean_patch = (t * w).sum(dim=(0, 1)) / m.sum().clamp_min(1)  # [P]
+    per_patch_mean = ((t - mean_patch) ** 2).mean(-1)
+    per_patch_zero = (t ** 2).mean(-1)
+    total = m.sum().clamp_min(1)
+    return {"loss": model_sum / max(count, 1.0), "mean_patch_loss": float((per_patch_mean * m).sum() / total),
+            "zero_loss": float((per_patch_zero * m).sum() / total), "masked_patches": int(m.sum())}
