@@ -228,8 +228,8 @@ def adjust_hue(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 _ADJUST = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
-def apply_jitter(images: torch.Tensor, params: Params) -> torch.Tensor:
-    """Replay recorded colour-jitter params (see ``color_jitter``) on a batch.
+def apply_jitter(images: torch.Tensor, params: Params, inplace: bool = False) -> torch.Tensor:
+    """Replay recorded colour-jitter params (see ``color_jitter``) on a batch (``inplace``: overwrite it, no copy).
 
     Pass k applies, to every selected sample, op ``order[b, k]``; each (pass, op) pair touches only
     the samples that need it (index_select / index_copy_), so the work is one op per sample per pass.
@@ -244,7 +244,7 @@ def apply_jitter(images: torch.Tensor, params: Params) -> torch.Tensor:
     sel_all = torch.stack([applied[:, None] & (order == o) & active[o][:, None] for o in range(4)])  # [4, B, 4]
     if not bool(sel_all.any()):
         return images
-    out = images.clone()
+    out = images if inplace else images.clone()
     for k in range(4):
         for o in range(4):
             idx = sel_all[o, :, k].nonzero().squeeze(1)
@@ -255,7 +255,7 @@ def apply_jitter(images: torch.Tensor, params: Params) -> torch.Tensor:
 
 
 def color_jitter(images: torch.Tensor, p: float, brightness: float, contrast: float, saturation: float,
-                 hue: float, generator: torch.Generator) -> tuple[torch.Tensor, Params]:
+                 hue: float, generator: torch.Generator, inplace: bool = False) -> tuple[torch.Tensor, Params]:
     """RandomApply(ColorJitter(b, c, s, h), p) on a batch, each sample with its own random op order.
 
     Factors as torchvision: uniform in [max(0, 1 - x), 1 + x] for brightness/contrast/saturation,
@@ -273,17 +273,20 @@ def color_jitter(images: torch.Tensor, p: float, brightness: float, contrast: fl
         params[name] = torch.where(applied, f, torch.ones_like(f))
     hf = _uniform(generator, B, -hue, hue, dev)
     params["hue"] = torch.where(applied, hf, torch.zeros_like(hf))
-    return apply_jitter(images, params), params
+    return apply_jitter(images, params, inplace=inplace), params
 
 
-def random_grayscale(images: torch.Tensor, p: float, generator: torch.Generator) -> tuple[torch.Tensor, Params]:
-    """RandomGrayscale(p): selected samples become 3-channel luma. Returns (images, {"grayscale": bool [B]})."""
+def random_grayscale(images: torch.Tensor, p: float, generator: torch.Generator,
+                     inplace: bool = False) -> tuple[torch.Tensor, Params]:
+    """RandomGrayscale(p): selected samples become 3-channel luma (``inplace``: overwrite the batch, no copy).
+    Returns (images, {"grayscale": bool [B]})."""
     sel = _coin(generator, images.shape[0], p, images.device)
     idx = sel.nonzero().squeeze(1)
     if images.shape[1] == 1 or idx.numel() == 0:
         return images, {"grayscale": sel}
-    out = images.clone()
-    out.index_copy_(0, idx, grayscale(images.index_select(0, idx)).expand(-1, images.shape[1], -1, -1))
+    gray = grayscale(images.index_select(0, idx)).expand(-1, images.shape[1], -1, -1)
+    out = images if inplace else images.clone()
+    out.index_copy_(0, idx, gray)
     return out, {"grayscale": sel}
 
 
@@ -391,12 +394,14 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.to(torch.float32).mul_(1.0 / 255.0)
 
 
-def normalize_float(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(x - mean) / std per channel; a 1-item mean/std applies to every channel. float [B, C, H, W]."""
+def normalize_float(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                    inplace: bool = False) -> torch.Tensor:
+    """(x - mean) / std per channel; a 1-item mean/std applies to every channel. float [B, C, H, W].
+    ``inplace`` overwrites ``images`` (one pass over memory instead of two)."""
     C = images.shape[1]
     if len(mean) not in (1, C) or len(std) not in (1, C):
         raise ValueError(f"normalize: mean {tuple(mean)} / std {tuple(std)} must have 1 or {C} values "
                          f"for {C}-channel images")
     m = torch.tensor(mean, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
     s = torch.tensor(std, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
-    return images.sub(m).div_(s)
+    return (images.sub_(m) if inplace else images.sub(m)).div_(s)

@@ -48,10 +48,11 @@ def apply_view(images: torch.Tensor, view: ViewOps, generator: torch.Generator) 
     Parameters are drawn in a fixed order, so a seeded generator reproduces the views exactly.
     """
     out, params = ops.random_resized_crop(images, view.size, view.scale, view.ratio, generator, view.flip_p)
+    # the crop wrote a fresh tensor: the colour ops may overwrite it (on CPU every full-batch copy costs)
     out, p = ops.color_jitter(out, view.jitter_p, view.brightness, view.contrast, view.saturation, view.hue,
-                              generator)
+                              generator, inplace=True)
     params.update(p)
-    out, p = ops.random_grayscale(out, view.grayscale_p, generator)
+    out, p = ops.random_grayscale(out, view.grayscale_p, generator, inplace=True)
     params.update(p)
     out, p = ops.random_blur(out, view.blur_p, view.blur_sigma, view.kernel_size, generator)
     params.update(p)
@@ -79,6 +80,7 @@ def generate_views(images: torch.Tensor, config: AugmentConfig, generator: torch
     views, params = [], []
     for view in config.views:
         out, p = apply_view(x, view, generator)
-        views.append(ops.normalize_float(out, config.mean, config.std))
+        fresh = out.data_ptr() != x.data_ptr()  # never overwrite the shared input (a float batch passes through)
+        views.append(ops.normalize_float(out, config.mean, config.std, inplace=fresh))
         params.append(p)
     return ViewBatch(views=views, params=params, num_global=config.num_global)
