@@ -41,6 +41,17 @@ def test_batching_weights_by_masked_patches():
     parts = reconstruction_losses(method, images, MEAN, STD, seed=0, batch_size=4)
     assert parts["masked_patches"] == whole["masked_patches"]
     assert 0 < parts["loss"] and 0 < parts["mean_patch_loss"] <= parts["zero_loss"] + 1e-6
+    # batches of 4, 4 and 1 images: the result is the mean over masked patches, not the mean of the batch means
+    from workbench.augment import normalize
+    g = torch.Generator().manual_seed(0)
+    sums, counts, means = 0.0, 0.0, []
+    for start in range(0, 9, 4):
+        out = method.reconstruct(normalize(images[start:start + 4], MEAN, STD), generator=g)
+        n = float(out["mask"].sum())
+        sums, counts = sums + out["loss"] * n, counts + n
+        means.append(out["loss"])
+    assert parts["loss"] == pytest.approx(sums / counts, rel=1e-5)
+    assert abs(sums / counts - sum(means) / len(means)) > 1e-4  # the two averages differ here, so the check bites
 
 
 def test_needs_an_mae():

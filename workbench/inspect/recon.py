@@ -87,7 +87,7 @@ def reconstruction_losses(method: Any, images: torch.Tensor, mean: Sequence[floa
     """
     check_reconstructor(method)
     from workbench.augment import normalize
-    from workbench.methods.mae import patchify
+    from workbench.methods.mae import mae_target, patchify
 
     was_training = method.training
     method.eval()
@@ -103,10 +103,7 @@ def reconstruction_losses(method: Any, images: torch.Tensor, mean: Sequence[floa
             m = out["mask"].float()
             model_sum += out["loss"] * float(m.sum())
             count += float(m.sum())
-            t = patchify(x, p).float()
-            if norm_pix:
-                t = (t - t.mean(-1, keepdim=True)) / (t.var(-1, keepdim=True) + 1e-6).sqrt()
-            targets.append(t)
+            targets.append(mae_target(patchify(x, p), norm_pix))
             masks.append(m)
     finally:
         method.train(was_training)

@@ -90,12 +90,19 @@ def default_generator(generator: torch.Generator | None, device: torch.device) -
     return torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**62, (1,))))
 
 
-def mae_loss(pred: torch.Tensor, imgs_patches: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True) -> torch.Tensor:
-    """Mean squared error on masked patches only: pred, imgs_patches [B, L, P], mask [B, L] (1 = masked).
-    With ``norm_pix`` each target patch is normalised by its own mean and variance (+1e-6)."""
+def mae_target(imgs_patches: torch.Tensor, norm_pix: bool = True) -> torch.Tensor:
+    """The decoder's target [B, L, P] (float): the patches, each normalised by its own mean and variance (+1e-6)
+    with ``norm_pix``."""
     target = imgs_patches.float()
     if norm_pix:
         target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+    return target
+
+
+def mae_loss(pred: torch.Tensor, imgs_patches: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True) -> torch.Tensor:
+    """Mean squared error on masked patches only: pred, imgs_patches [B, L, P], mask [B, L] (1 = masked),
+    against ``mae_target``."""
+    target = mae_target(imgs_patches, norm_pix)
     per_patch = ((pred.float() - target) ** 2).mean(-1)
     return (per_patch * mask).sum() / mask.sum().clamp_min(1)
 
