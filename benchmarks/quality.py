@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="folder for the run (default: a temporary folder)")
     args = ap.parse_args()
 
-    from workbench.evaluate import evaluate
+    from workbench.evaluation import evaluate
     from workbench.train import pretrain
 
     t_start = time.perf_counter()

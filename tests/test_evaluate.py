@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workbench.evaluate import (FeatureSet, adjusted_rand_index, class_balanced_subset, factor_probes,
+from workbench.evaluation import (FeatureSet, adjusted_rand_index, class_balanced_subset, factor_probes,
                                 fit_logistic, kmeans_scores, knn_eval, label_free_metrics, linear_probe,
                                 normalized_mutual_info, ridge_r2, topk_accuracy)
-from workbench.evaluate.linear import standardize_stats
+from workbench.evaluation.linear import standardize_stats
 from workbench.metrics import alignment, normalized_std, rankme, uniformity, weighted_knn_predict
 
 
@@ -223,7 +223,7 @@ def test_class_balanced_subset():
 
 @pytest.mark.slow  # umap-learn's numba compilation takes ~15-30 s on first use
 def test_umap_silhouette_separated_clusters_score_higher_than_noise():
-    from workbench.evaluate import umap_silhouette
+    from workbench.evaluation import umap_silhouette
 
     x, _ = clusters(400, 16, 4, 6.0, 0)
     good = umap_silhouette(x, n_clusters=4, max_points=400)

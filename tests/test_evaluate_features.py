@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import workbench.evaluate.features as features_mod
+import workbench.evaluation.features as features_mod
 from workbench.data.base import ImageDataset
-from workbench.evaluate import (Classifier, RawPixels, distill, distillation_loss, evaluate, extract_features,
+from workbench.evaluation import (Classifier, RawPixels, distill, distillation_loss, evaluate, extract_features,
                                 few_label_finetune, random_init_like)
 from workbench.models import build_backbone
 

@@ -8,9 +8,9 @@ import os
 import pytest
 import torch
 
-import workbench.evaluate.features as features_mod
-from workbench.evaluate import evaluate, extract_features
-from workbench.evaluate.cli_commands import add_subcommands, main as cli_main
+import workbench.evaluation.features as features_mod
+from workbench.evaluation import evaluate, extract_features
+from workbench.evaluation.cli_commands import add_subcommands, main as cli_main
 from workbench.data.base import register
 from workbench.runs import Run
 
@@ -127,7 +127,7 @@ def test_cli_evaluate(tiny_run, capsys):
 
 def test_workbench_evaluate_is_callable(tiny_run):
     import workbench
-    import workbench.evaluate.knn  # noqa: F401  (the subpackage is imported: workbench.evaluate is the module)
+    import workbench.evaluation.knn  # noqa: F401  (importing the subpackage must not shadow workbench.evaluate)
 
     table = workbench.evaluate(tiny_run, metrics="knn", baselines=False, write_summary=False,
                                options={"knn_ks": (10,)})

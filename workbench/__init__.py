@@ -4,7 +4,7 @@ Public API (the rest is importable by path)::
 
     from workbench import PretrainConfig, TrainConfig, pretrain, start_pretrain, load_pretrained, Run, list_runs
     run = pretrain(PretrainConfig(method="byol", train=TrainConfig(epochs=5)))
-    evaluate(run)                      # workbench.evaluate.evaluate (imported on first use)
+    evaluate(run)                      # workbench.evaluation.evaluate (imported on first use)
     run_notebook("notebooks/00_quickstart.ipynb", {...}); sweep(...)   # workbench.experiments
 
 ``import workbench`` stays light: evaluation and experiment helpers (pandas, papermill) load on first use,
@@ -21,7 +21,7 @@ from workbench.train import (Callback, DataConfig, ModelConfig, PretrainConfig, 
 
 __version__ = "0.1.0"
 
-_LAZY = {"evaluate": ("workbench.evaluate", "evaluate"), "run_notebook": ("workbench.experiments", "run_notebook"),
+_LAZY = {"evaluate": ("workbench.evaluation", "evaluate"), "run_notebook": ("workbench.experiments", "run_notebook"),
          "sweep": ("workbench.experiments", "sweep")}
 
 
@@ -32,8 +32,7 @@ def __getattr__(name: str) -> Any:
 
         module, attr = _LAZY[name]
         value = getattr(importlib.import_module(module), attr)
-        if name != "evaluate":  # workbench.evaluate is also the subpackage's name; keep the attribute lookup lazy
-            globals()[name] = value
+        globals()[name] = value
         return value
     raise AttributeError(f"module 'workbench' has no attribute {name!r}")
 

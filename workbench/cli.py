@@ -1,5 +1,5 @@
 """The ``workbench`` command line: ``pretrain``, ``quickstart``, plus ``evaluate`` and ``run | sweep | runs | lab``
-from workbench.evaluate / workbench.experiments when they are installed.
+from workbench.evaluation / workbench.experiments when they are installed.
 
     workbench pretrain --method simclr --data shapes --backbone small_cnn --epochs 5 --batch-size 256 \\
         --out runs [--resume RUN_DIR] [train.lr=0.5 method_options.temperature=0.2 data.options.n=10000 ...]
@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(sub)
     p = sub.add_parser("methods", help="list the methods with their default preset and optimizer recipe")
     p.set_defaults(func=_cmd_methods)
-    for module in ("workbench.evaluate.cli_commands", "workbench.experiments.cli_commands"):
+    for module in ("workbench.evaluation.cli_commands", "workbench.experiments.cli_commands"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:

@@ -1,7 +1,7 @@
 """Pure tensor metrics of embeddings, shared by the engine's live monitors and the evaluation suite.
 
 Kept at the bottom of the import graph (it imports nothing from the workbench) so that both
-``workbench.train`` and ``workbench.evaluate`` can use one implementation.
+``workbench.train`` and ``workbench.evaluation`` can use one implementation.
 """
 from __future__ import annotations
 

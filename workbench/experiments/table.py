@@ -139,7 +139,7 @@ HEADLINE = {"knn_acc": "knn_top1_k20", "linear_acc": "linear_top1", "rankme": "r
 
 
 def headline_metrics(evaluation, k: int = 20) -> dict[str, float]:
-    """Short names for the numbers a notebook records, from ``workbench.evaluate.evaluate``'s table
+    """Short names for the numbers a notebook records, from ``workbench.evaluation.evaluate``'s table
     (columns model, name, value): ``knn_acc`` (weighted kNN top-1 at ``k``), ``linear_acc``, ``rankme``, ``std``
     for the pretrained model, and the same with ``_random_init`` / ``_raw_pixels`` for the baselines."""
     names = {**HEADLINE, "knn_acc": f"knn_top1_k{k}"}

@@ -16,8 +16,8 @@ from typing import Sequence
 import pandas as pd
 import torch
 
-from workbench.evaluate.features import FeatureSet
-from workbench.evaluate.linear import cpu_threads_for, linear_probe, standardize_stats
+from workbench.evaluation.features import FeatureSet
+from workbench.evaluation.linear import cpu_threads_for, linear_probe, standardize_stats
 
 RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 

@@ -4,19 +4,16 @@ Feature extraction (cached per run), DINO weighted kNN, linear probe, few-label 
 distillation, factor probes, label-free metrics (RankMe, alignment/uniformity, std, k-means NMI/ARI, UMAP
 silhouette), and ``evaluate(run, ...)`` which reports them all beside random-init and raw-pixel baselines.
 """
-import sys
-import types
-
-from workbench.evaluate.factors import factor_probes, ridge_r2
-from workbench.evaluate.features import (FeatureSet, RawPixels, check_compatible, compute_features,
+from workbench.evaluation.factors import factor_probes, ridge_r2
+from workbench.evaluation.features import (FeatureSet, RawPixels, check_compatible, compute_features,
                                          extract_features, load_run_backbone, random_init_like)
-from workbench.evaluate.finetune import (Classifier, FinetuneResult, class_balanced_subset, distill,
+from workbench.evaluation.finetune import (Classifier, FinetuneResult, class_balanced_subset, distill,
                                          distillation_loss, few_label_finetune)
-from workbench.evaluate.knn import knn_eval, topk_accuracy
-from workbench.evaluate.label_free import (adjusted_rand_index, kmeans_scores, label_free_metrics,
+from workbench.evaluation.knn import knn_eval, topk_accuracy
+from workbench.evaluation.label_free import (adjusted_rand_index, kmeans_scores, label_free_metrics,
                                            normalized_mutual_info, umap_silhouette, view_features)
-from workbench.evaluate.linear import LinearProbeResult, fit_logistic, linear_probe
-from workbench.evaluate.report import BASELINES, DEFAULT_METRICS, METRICS, EvalOptions, evaluate, parse_metrics
+from workbench.evaluation.linear import LinearProbeResult, fit_logistic, linear_probe
+from workbench.evaluation.report import BASELINES, DEFAULT_METRICS, METRICS, EvalOptions, evaluate, parse_metrics
 
 __all__ = [
     "BASELINES", "Classifier", "DEFAULT_METRICS", "EvalOptions", "FeatureSet", "FinetuneResult", "LinearProbeResult",
@@ -27,13 +24,3 @@ __all__ = [
     "view_features",
 ]
 
-
-class _CallableModule(types.ModuleType):
-    """Lets ``workbench.evaluate(run, ...)`` work as the issue's API says, even after this subpackage is imported
-    (an imported subpackage becomes the ``workbench.evaluate`` attribute, shadowing the lazy function)."""
-
-    def __call__(self, *args, **kwargs):
-        return evaluate(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

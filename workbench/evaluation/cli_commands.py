@@ -20,7 +20,7 @@ from workbench.config import parse_value
 
 def add_subcommands(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
     """Add ``evaluate`` to an argparse subparsers object; the parser's ``func(args) -> int`` runs it."""
-    from workbench.evaluate.report import DEFAULT_METRICS, METRICS
+    from workbench.evaluation.report import DEFAULT_METRICS, METRICS
 
     p = subparsers.add_parser(
         "evaluate", help="evaluate a run: kNN, linear probe, label-free metrics... vs random-init and raw pixels",
@@ -56,7 +56,7 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run ``workbench evaluate`` from parsed arguments; prints the table, returns the exit status."""
-    from workbench.evaluate.report import evaluate
+    from workbench.evaluation.report import evaluate
 
     try:
         table = evaluate(args.run_dir, data=args.data, metrics=args.metrics, checkpoint=args.checkpoint,
@@ -77,7 +77,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m workbench.evaluate.cli_commands RUN_DIR ...``)."""
+    """Stand-alone entry (``python -m workbench.evaluation.cli_commands RUN_DIR ...``)."""
     parser = argparse.ArgumentParser(prog="workbench")
     sub = parser.add_subparsers(dest="command", required=True)
     add_subcommands(sub)

@@ -20,9 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from workbench.data.base import ImageDataset
-from workbench.evaluate.features import (_channel_stats, as_run, check_compatible, load_run_backbone,
+from workbench.evaluation.features import (_channel_stats, as_run, check_compatible, load_run_backbone,
                                          normalize_images, random_init_like, resolve_device)
-from workbench.evaluate.knn import topk_accuracy
+from workbench.evaluation.knn import topk_accuracy
 
 
 class Classifier(nn.Module):

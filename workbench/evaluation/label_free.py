@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from workbench.data.base import ImageDataset
-from workbench.evaluate.features import FeatureSet, resolve_device
+from workbench.evaluation.features import FeatureSet, resolve_device
 from workbench.metrics import alignment, normalized_std, rankme, uniformity
 
 
@@ -70,7 +70,7 @@ def view_pairs(dataset: ImageDataset, preset: str = "simclr", mean: Sequence[flo
     ``generate_views`` with a seeded generator. Draw once, encode with every model being compared."""
     from workbench.augment import generate_views, make_preset
 
-    from workbench.evaluate.features import _channel_stats
+    from workbench.evaluation.features import _channel_stats
     chans = dataset.images.shape[1]
     mean_t = _channel_stats(mean, chans, 0.5, "mean")
     std_t = _channel_stats(std, chans, 0.5, "std")

@@ -16,14 +16,14 @@ import pandas as pd
 import torch.nn as nn
 
 from workbench.data.base import ImageDataset
-from workbench.evaluate.factors import factor_probes
-from workbench.evaluate.features import (RawPixels, _channel_stats, adapt_dataset, as_run, check_compatible,
+from workbench.evaluation.factors import factor_probes
+from workbench.evaluation.features import (RawPixels, _channel_stats, adapt_dataset, as_run, check_compatible,
                                          extract_features, load_run_backbone, random_init_like)
-from workbench.evaluate.finetune import distill, few_label_finetune
-from workbench.evaluate.knn import knn_eval
-from workbench.evaluate.label_free import (kmeans_scores, label_free_metrics, umap_silhouette, view_features,
+from workbench.evaluation.finetune import distill, few_label_finetune
+from workbench.evaluation.knn import knn_eval
+from workbench.evaluation.label_free import (kmeans_scores, label_free_metrics, umap_silhouette, view_features,
                                            view_pairs)
-from workbench.evaluate.linear import linear_probe
+from workbench.evaluation.linear import linear_probe
 from workbench.runs import Run
 
 METRICS = ("knn", "linear", "label_free", "kmeans", "silhouette", "factors", "finetune", "distill")

@@ -14,8 +14,8 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from workbench.evaluate.features import FeatureSet, resolve_device
-from workbench.evaluate.knn import topk_accuracy
+from workbench.evaluation.features import FeatureSet, resolve_device
+from workbench.evaluation.knn import topk_accuracy
 
 DEFAULT_WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 SMALL_PROBLEM = 1 << 22  # below this many feature entries, one CPU thread beats several (no sync overhead)

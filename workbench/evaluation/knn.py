@@ -5,7 +5,7 @@ from typing import Sequence
 
 import torch
 
-from workbench.evaluate.features import FeatureSet, resolve_device
+from workbench.evaluation.features import FeatureSet, resolve_device
 from workbench.metrics import weighted_knn_predict
 
 
