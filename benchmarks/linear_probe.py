@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--sklearn", action="store_true", help="also time scikit-learn LogisticRegression")
     args = ap.parse_args()
 
-    from workbench.evaluation.features import FeatureSet
+    from workbench.trained import FeatureSet
     from workbench.evaluation.linear import linear_probe, standardize_stats
 
     xtr, ytr, xte, yte = synthetic(args.n, args.n_test, args.dim, args.classes)

@@ -93,7 +93,7 @@ def main() -> None:
         # records (first window, with warm-up, dropped), the rest of its wall time counts as start-up overhead
         from statistics import median
 
-        from workbench.train import load_pretrained
+        from workbench.trained import load_trained
 
         t0 = time.perf_counter()
         calib = pretrain(build_config(args, 1, args.calibration_steps, out, "calibration", log_every=5))
@@ -103,7 +103,7 @@ def main() -> None:
         done = max([r.get("step", 0) for r in steps] + [args.calibration_steps])
         images_per_s = median(rates) if rates else done * args.batch_size / calib_s
         overhead_s = max(0.0, calib_s - done * args.batch_size / images_per_s)
-        data_n = int(load_pretrained(calib)[1]["num_train"])
+        data_n = int(load_trained(calib).info["num_train"])
         eval_reserve = min(0.25 * budget_s, 240.0)
         left = budget_s - (time.perf_counter() - t_start) - eval_reserve - overhead_s
         steps_fit = int(left * images_per_s / args.batch_size)

@@ -39,7 +39,7 @@ def main(out: Path) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from workbench.methods import Progress
-    from workbench.train.engine import _StepModule, init_distributed
+    from workbench.train.setup import StepModule, init_distributed
 
     rank, world, _ = init_distributed("cpu")
     assert world == 2, f"expected 2 processes, got {world}"
@@ -47,7 +47,7 @@ def main(out: Path) -> None:
     views = fixed_views()
     b = views[0].shape[0] // world
     local = [v[rank * b:(rank + 1) * b] for v in views]
-    model = DDP(_StepModule(method), broadcast_buffers=False, find_unused_parameters=True)
+    model = DDP(StepModule(method), broadcast_buffers=False, find_unused_parameters=True)
     loss, _, _ = model(local, 2, None, Progress())
     loss.backward()
     if rank == 0:

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import workbench.evaluation.features as features_mod
+import workbench.trained.features as features_mod
 from workbench.data.base import ImageDataset
-from workbench.evaluation import (Classifier, RawPixels, distill, distillation_loss, evaluate, extract_features,
-                                few_label_finetune, random_init_like)
+from workbench.evaluation import Classifier, distill, distillation_loss, evaluate, few_label_finetune
+from workbench.trained import RawPixels, extract_features, random_init_like
 from workbench.models import build_backbone
 
 PALETTE = torch.tensor([[220, 40, 40], [40, 200, 60], [50, 70, 230], [230, 220, 50]], dtype=torch.float32)
@@ -71,13 +71,13 @@ def test_random_init_changes_weights_but_not_the_original(backbone):
 def test_cache_hits_and_invalidates(tmp_path, data, backbone, monkeypatch):
     train, _ = data
     calls = []
-    real = features_mod.compute_features
+    real = features_mod.encode
 
     def counting(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(features_mod, "compute_features", counting)
+    monkeypatch.setattr(features_mod, "encode", counting)
     a = extract_features(backbone, train, cache_dir=tmp_path)
     b = extract_features(backbone, train, cache_dir=tmp_path)
     assert len(calls) == 1 and torch.equal(a.features, b.features)
@@ -102,9 +102,9 @@ def test_mismatched_data_errors_say_what_to_pass(data, backbone):
         extract_features(backbone, big, cache=False)
     with pytest.raises(ValueError, match="size=16"):
         few_label_finetune(backbone, big, big, 0.5)
-    with pytest.raises(TypeError, match="Run, a run folder or an nn.Module"):
+    with pytest.raises(TypeError, match="cannot load a trained model from a int"):
         extract_features(42, data[0])
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="neither a run folder nor a checkpoint file"):
         extract_features("/nonexistent/run", data[0])
 
 

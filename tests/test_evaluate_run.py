@@ -8,8 +8,9 @@ import os
 import pytest
 import torch
 
-import workbench.evaluation.features as features_mod
-from workbench.evaluation import evaluate, extract_features
+import workbench.trained.features as features_mod
+from workbench.evaluation import evaluate
+from workbench.trained import extract_features
 from workbench.evaluation.cli_commands import add_subcommands, main as cli_main
 from workbench.data.base import register
 from workbench.runs import Run
@@ -77,8 +78,8 @@ def test_evaluate_run_writes_summary_and_table(tiny_run):
 def test_run_features_are_cached_and_invalidated_by_a_new_checkpoint(tiny_run, monkeypatch):
     test = _colours("test", n=64)
     calls = []
-    real = features_mod.compute_features
-    monkeypatch.setattr(features_mod, "compute_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = features_mod.encode
+    monkeypatch.setattr(features_mod, "encode", lambda *a, **k: calls.append(1) or real(*a, **k))
     a = extract_features(tiny_run, test)
     b = extract_features(tiny_run, test)
     assert len(calls) == 1 and torch.equal(a.features, b.features)

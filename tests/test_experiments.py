@@ -216,24 +216,37 @@ def test_cli_sweep_parses_grid(tmp_path, capsys):
     assert "completed" in capsys.readouterr().out
 
 
-def test_adopted_training_run_reads_like_a_training_run(tmp_path):
-    import torch
-    from workbench.experiments import adopt_training_run, training_run
-    nb_run = Run.create(tmp_path, "simclr", "shapes")
+def write_parameters(run: Run, parameters: dict) -> None:
+    """A notebook run's parameters.json as the runner writes it."""
+    from workbench.experiments.records import PARAMETERS_FILE
+    atomic_write_json(run.path / PARAMETERS_FILE, {"notebook": "tutorial", "parameters": parameters})
+
+
+def test_adopted_training_run_is_a_named_link_read_by_every_reader(tmp_path):
+    from workbench.experiments import adopt_training_run, curves_frame
+    nb_run = Run.create(tmp_path, "notebook", "shapes")
+    write_parameters(nb_run, {"method": "not-read-when-a-config-exists"})
     train = Run.create(nb_run.path / "train", "simclr", "shapes",
                        config={"method": "simclr", "data": {"name": "shapes"}, "model": {"backbone": "small_cnn"},
                                "train": {"epochs": 2}})
-    train.log_metrics({"kind": "epoch", "epoch": 0, "loss": 3.0})
-    train.save_checkpoint({"w": torch.arange(3)})
+    train.log_metrics({"kind": "step", "step": 1, "loss": 3.0})
+    assert nb_run.training_run is None
     adopt_training_run(train, nb_run)
-    assert nb_run.metrics() == [{"kind": "epoch", "epoch": 0, "loss": 3.0}]
-    assert nb_run.load_checkpoint()["w"].tolist() == [0, 1, 2]
-    assert nb_run.summary["train_run"] == f"train/{train.path.name}" and training_run(nb_run).path == train.path
+    assert json.loads((nb_run.path / "links.json").read_text()) == {"training_run": f"train/{train.path.name}"}
+    assert nb_run.training_run.path == train.path
+    assert not (nb_run.path / "metrics.jsonl").exists() and not (nb_run.path / "config.json").exists()  # no copies
     moved = tmp_path / "elsewhere"
-    nb_run.path.rename(moved)  # relative links survive moving the run folder
-    assert Run(moved).metrics()[0]["loss"] == 3.0
+    nb_run.path.rename(moved)  # the relative link survives moving the run folder
     row = runs_table([moved]).iloc[0]
     assert (row.method, row.data, row.backbone, row.epochs) == ("simclr", "shapes", "small_cnn", 2)
+    assert curves_frame([moved], y="loss")["loss"].tolist() == [3.0]
+
+
+def test_run_facts_of_a_notebook_run_without_training_come_from_its_parameters(tmp_path):
+    nb_run = Run.create(tmp_path, "tutorial", "shapes")
+    write_parameters(nb_run, {"method": "simsiam", "data": "shapes", "epochs": 3, "other": 1})
+    row = runs_table([nb_run.path]).iloc[0]
+    assert (row.method, row.data, row.backbone, row.epochs) == ("simsiam", "shapes", None, 3)
 
 
 def test_headline_metrics_from_an_evaluation_table():

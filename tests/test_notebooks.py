@@ -14,7 +14,7 @@ from typing import Any, Callable
 import nbformat
 import pytest
 
-from workbench.experiments import notebook_parameters, read_parameters, run_notebook, training_run
+from workbench.experiments import notebook_parameters, read_parameters, run_notebook
 from workbench.runs import Run, atomic_write_json
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -42,9 +42,9 @@ def check_quickstart(run: Run, tmp_path: Path) -> None:
     s = run.summary
     assert s["knn_acc"] > s["knn_acc_random_init"], s  # pretraining beat its own random-init backbone
     assert s["knn_acc"] > 1.5 * _chance(run), s  # and is well above chance
-    trained = training_run(run)
+    trained = run.training_run  # the notebook run links the run it trained, by name (links.json)
     assert trained is not None and trained.status["status"] == "completed"
-    assert any(r.get("kind") == "epoch" for r in run.metrics())  # curves readable from the notebook run
+    assert any(r.get("kind") == "epoch" for r in trained.metrics())
     pictures = {p.name for p in run.path.glob("*") if p.suffix in (".png", ".html")}
     for view in ("augmentations", "patches", "embedding", "training"):
         assert any(name.startswith(view) for name in pictures), (view, pictures)
@@ -117,7 +117,7 @@ def check_tutorial_contrastive(run: Run, tmp_path: Path) -> None:
     # at these sizes the gain is small and seed-dependent (measured +0.053 / +0.005, seeds 0 / 1, width 32)
     assert s["knn_acc"] > 1.5 * _chance(run), s
     assert _finite(s["knn_gain_over_random_init"]) and _finite(s["knn_acc_raw_pixels"]), s
-    assert training_run(run) is not None and "training.html" in _pictures(run)
+    assert run.training_run is not None and "training.html" in _pictures(run)
 
 
 def check_tutorial_collapse(run: Run, tmp_path: Path) -> None:

@@ -9,8 +9,9 @@ import torch
 import torch.nn as nn
 
 from workbench.config import ConfigError, apply_overrides
-from workbench.train import (DataConfig, ModelConfig, PretrainConfig, TrainConfig, TrainingDiverged, load_method,
-                             load_pretrained, pretrain, start_pretrain)
+from workbench.train import (DataConfig, ModelConfig, PretrainConfig, TrainConfig, TrainingDiverged, pretrain,
+                             start_pretrain)
+from workbench.trained import load_trained
 from workbench.train.config import resolve_train, schedule_steps
 from workbench.train.optim import LARS, build_optimizer, build_scheduler, param_groups, warmup_cosine
 
@@ -65,8 +66,8 @@ def test_recipe_fills_unset_fields_and_lr_scales_with_batch():
 
     recipe = method_class("byol").recipe
     r = resolve_train(PretrainConfig(method="byol", train=TrainConfig(batch_size=512)))
-    assert r.optimizer == recipe["optimizer"] and r.base_lr == recipe["lr"]
-    assert r.lr == pytest.approx(recipe["lr"] * 2)  # 512 / 256
+    assert r.optimizer == recipe.optimizer and r.base_lr == recipe.lr
+    assert r.lr == pytest.approx(recipe.lr * 2)  # 512 / 256
     r = resolve_train(PretrainConfig(method="byol", train=TrainConfig(batch_size=128, lr=0.4, optimizer="sgd",
                                                                       weight_decay=0.0)))
     assert (r.optimizer, r.lr, r.weight_decay) == ("sgd", pytest.approx(0.2), 0.0)
@@ -153,7 +154,7 @@ def test_warmup_cosine_schedule_values():
 
 
 # ---------------------------------------------------------------------------------------------- runs
-def test_run_folder_checkpoint_and_load_pretrained(blobs_data, tmp_path):
+def test_run_folder_checkpoint_and_load_trained(blobs_data, tmp_path):
     run = pretrain(tiny(blobs_data, tmp_path, epochs=1, knn_every=1))
     for f in ("config.json", "env.json", "metrics.jsonl", "status.json", "summary.json", "checkpoints/last.pt"):
         assert (run.path / f).exists(), f
@@ -170,14 +171,15 @@ def test_run_folder_checkpoint_and_load_pretrained(blobs_data, tmp_path):
     from workbench.data.base import load
     imgs = load(blobs_data, "train", n=128).images.double() / 255
     assert run.config["data"]["mean"] == pytest.approx(imgs.mean(dim=(0, 2, 3)).tolist(), abs=1e-6)
-    backbone, info = load_pretrained(run)
-    method, _ = load_method(run.path)
+    trained = load_trained(run)
+    backbone, info = trained.backbone, trained.info
+    method = load_trained(run.path).method()
     assert not backbone.training and info["image_size"] == 16 and info["in_chans"] == 3 and info["method"] == "byol"
     assert info["data"] == {"name": blobs_data, "options": {"n": 128}} and info["feature_dim"] == 64
     x = torch.randn(5, 3, 16, 16)
     torch.testing.assert_close(backbone(x), method.backbone(x))
-    with pytest.raises(FileNotFoundError, match="no checkpoint 'best'"):
-        load_pretrained(run, "best")
+    with pytest.raises(FileNotFoundError, match="checkpoint 'best' not found"):
+        load_trained(run, "best")
 
 
 def test_resume_gives_the_same_parameters_as_training_straight(blobs_data, tmp_path):
@@ -231,7 +233,7 @@ def test_nan_loss_fails_the_run_and_keeps_a_loadable_checkpoint(blobs_data, tmp_
     ckpt = torch.load(run.checkpoint_path("last"), weights_only=True)
     assert ckpt["step"] == 5  # the state before the diverging update
     assert all(torch.isfinite(v).all() for v in ckpt["method"].values() if v.is_floating_point())
-    backbone, info = load_pretrained(run)
+    backbone = load_trained(run).backbone
     assert torch.isfinite(backbone(torch.randn(2, 3, 16, 16))).all()
     assert max(r["step"] for r in run.metrics()) == 5
 
@@ -274,11 +276,3 @@ def test_start_pretrain_runs_in_the_background_and_stops_on_request(blobs_data, 
     assert run.status["status"] == "completed" and run.status["stopped_early"] and run.status["step"] == 2
     assert events == [("start", 200), ("step", 1), ("step", 2), ("end", "completed")]
     assert torch.load(run.checkpoint_path("last"), weights_only=True)["step"] == 2
-
-
-def test_quickstart_config_is_valid_and_small():
-    from workbench.train import quickstart_config
-
-    cfg = quickstart_config(out="somewhere", epochs=1)
-    assert (cfg.method, cfg.model.backbone, cfg.data.name, cfg.out) == ("byol", "small_cnn", "shapes", "somewhere")
-    assert cfg.train.epochs == 1 and cfg.data.options["n"] * 6 <= 60000  # a few minutes of CPU at ~200 images/s

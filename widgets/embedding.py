@@ -21,8 +21,9 @@ MAX_SELECTION_SHOWN = 48
 class EmbeddingExplorer(WidgetBase):
     """Explore a feature space.
 
-    ``source``: features [N, D] (tensor/array), a FeatureSet (features, labels, factors), or a run (Run or folder:
-    its backbone embeds ``images``, or the run's test split when ``images`` is None). ``images``: ImageDataset or
+    ``source``: features [N, D] (tensor/array), a FeatureSet (features, labels, factors), or a model (anything
+    ``workbench.trained.load_trained`` takes: its backbone embeds ``images``, or the test split of the data it
+    was trained on when ``images`` is None; features are cached with the run). ``images``: ImageDataset or
     uint8 [N, C, H, W] for thumbnails (optional); ``labels`` int [N]; ``factors`` name -> [N]. 2-D coordinates:
     PCA immediately; ``umap="background"`` computes UMAP in a thread and switches to it when ready ("now":
     before returning; "off": never). With a run, coordinates are cached in its ``cache/`` folder.
@@ -61,7 +62,6 @@ class EmbeddingExplorer(WidgetBase):
         except Exception as e:
             self.show_error(str(e))
             return
-        n = self.features.shape[0]
         self.n_clusters = n_clusters or max(2, min(50, len(np.unique(self.labels[self.labels >= 0])) or 10))
         self.color_by.options = (["label"] + [f"factor: {f}" for f in self.factors]
                                  + [f"k-means ({self.n_clusters})", "kNN correct"])
@@ -91,29 +91,21 @@ class EmbeddingExplorer(WidgetBase):
     def _load(self, source: Any, images: Any, labels: Any, factors: Any, class_names: Any, cache_dir: Any,
               checkpoint: str) -> None:
         from workbench.runs import Run
+        from workbench.trained import Trained, extract_features, load_trained
 
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         ds = None
         if images is not None and hasattr(images, "images"):
             ds = images
             images = ds.images
-        if isinstance(source, (Run, str, Path)):
-            from workbench.train import extract_features, load_pretrained
-
-            run = source if isinstance(source, Run) else Run(source)
-            backbone, info = load_pretrained(run, checkpoint)
+        if isinstance(source, (Run, str, Path, torch.nn.Module, Trained)):  # a model: embed the images with it
+            trained = load_trained(source, checkpoint)
             if images is None:
-                import workbench.data as data_pkg
-
-                d = info.get("data") or {}
-                ds = data_pkg.load(d["name"], split="test", **dict(d.get("options", {})))
+                ds = trained.dataset("test")
                 images = ds.images
-            from workbench.inspect.attention import check_image_size
-
-            check_image_size(backbone, images[:1])
-            feats = extract_features(backbone, images, info["mean"], info["std"], torch.device("cpu"))
-            self.cache_dir = self.cache_dir or run.cache_dir
-            class_names = class_names or info.get("class_names")
+            feats = extract_features(trained, ds if ds is not None else images).features
+            self.cache_dir = self.cache_dir or (trained.run.cache_dir if trained.run is not None else None)
+            class_names = class_names or trained.class_names
         elif hasattr(source, "features"):  # FeatureSet
             feats = source.features
             labels = source.labels if labels is None else labels
@@ -186,14 +178,14 @@ class EmbeddingExplorer(WidgetBase):
 
     def point_hex(self) -> list[str]:
         """The colour each point is drawn in now (hex), through the trace's discrete colour scale."""
-        from workbench.inspect.embedding import spec_colors
+        from workbench.inspect.colors import spec_colors
 
         return spec_colors(self.fig.data[0].marker)
 
     # -- handlers ----------------------------------------------------------------------------------------------
     @guarded
     def _on_color(self, change: Any = None) -> None:
-        from workbench.inspect.embedding import color_spec
+        from workbench.inspect.colors import color_spec
 
         self.fig.data[0].marker.update(color_spec(self.coloring(self.color_by.value)))
         self.clear_error()

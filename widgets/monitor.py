@@ -63,7 +63,7 @@ class TrainingMonitor(WidgetBase):
             raise ValueError(f"cannot follow {type(source).__name__}: pass a Run, a run folder or a PretrainHandle")
         if not run.path.is_dir():
             raise FileNotFoundError(f"run folder {run.path} does not exist")
-        self.run = run
+        self.run = run.training_run or run  # a notebook run's curves live in the training run it links
         self.refresh()
         if start:
             self.start()

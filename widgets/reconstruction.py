@@ -2,7 +2,6 @@
 patches pasted back, with a mask-ratio slider."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
@@ -10,22 +9,6 @@ import numpy as np
 
 from widgets._base import WidgetBase, as_images, guarded, image_figure
 from workbench.inspect.images import png_bytes
-
-
-def resolve_method(source: Any, checkpoint: str = "last") -> tuple[Any, dict[str, Any]]:
-    """(method in eval mode, info) from a Run / run folder / checkpoint (``workbench.train.load_method``), a
-    (method, info) pair, or a Method."""
-    from workbench.runs import Run
-
-    if isinstance(source, tuple) and len(source) == 2:
-        return source[0].eval(), dict(source[1])
-    if isinstance(source, (Run, str, Path)):
-        from workbench.train import load_method
-
-        return load_method(source, checkpoint)
-    if hasattr(source, "eval"):
-        return source.eval(), {}
-    raise ValueError(f"expected an MAE run (Run or folder) or an MAE method, got {type(source).__name__}")
 
 
 class ReconstructionViewer(WidgetBase):
@@ -50,19 +33,17 @@ class ReconstructionViewer(WidgetBase):
         try:
             from workbench.inspect.recon import check_reconstructor
 
-            self.method, self.info = resolve_method(source, checkpoint)
-            check_reconstructor(self.method)
-            if images is None:
-                import workbench.data as data_pkg
+            from workbench.trained import load_trained
 
-                d = self.info.get("data") or {}
-                images = data_pkg.load(d["name"], split="test", **dict(d.get("options", {}))).images[:8]
-            self.images = as_images(images)
+            trained = load_trained(source, checkpoint)
+            self.method, self.info = trained.method(), trained.info
+            check_reconstructor(self.method)
+            self.images = as_images(trained.dataset("test").images[:8] if images is None else images)
         except Exception as e:
             self.show_error(str(e))
             return
-        self.mean = mean or tuple(self.info.get("mean") or (0.5,) * self.images.shape[1])
-        self.std = std or tuple(self.info.get("std") or (0.25,) * self.images.shape[1])
+        rec_mean, rec_std = trained.stats(self.images.shape[1])
+        self.mean, self.std = tuple(mean or rec_mean), tuple(std or rec_std)
         self.n_images.max = min(16, self.images.shape[0])
         self.n_images.value = min(n_images, self.n_images.max)
         for w in (self.mask_ratio, self.seed, self.n_images):

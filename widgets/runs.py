@@ -9,7 +9,8 @@ from typing import Any
 import ipywidgets as W
 
 from widgets._base import WidgetBase, guarded
-from workbench.inspect.curves import curves_figure, runs_table
+from workbench.experiments.table import runs_table
+from workbench.inspect.curves import curves_figure
 
 
 class RunBrowser(WidgetBase):
@@ -51,7 +52,7 @@ class RunBrowser(WidgetBase):
             raise FileNotFoundError(f"runs folder {self.runs_dir} does not exist (pretrain something first, "
                                     "or pass the folder your runs are in)")
         self._runs = {r.path.name: r for r in list_runs(self.runs_dir)}
-        self.table = runs_table(list(self._runs.values()))
+        self.table = runs_table(list(self._runs.values())).drop(columns=["path"])
         cols = list(self.table.columns)
         keep = self.sort.value if self.sort.value in cols else "run"
         self.sort.options = cols
@@ -89,7 +90,7 @@ class RunBrowser(WidgetBase):
 
     def _update_compare(self) -> None:
         sel = list(self.select.value)
-        fig = curves_figure({n: self._runs[n].metrics() for n in sel}, self.curve_metrics,
+        fig = curves_figure({n: self._curves(n) for n in sel}, self.curve_metrics,
                             cols=len(self.curve_metrics))
         with self.fig.batch_update():
             self.fig.data = []
@@ -107,9 +108,14 @@ class RunBrowser(WidgetBase):
         comp = rows.join(extra[[c for c in extra.columns if c not in rows.columns]]).T
         self.compare_area.value = comp.to_html(float_format=lambda v: f"{v:.4g}", na_rep="")
 
+    def _curves(self, name: str) -> list[dict[str, Any]]:
+        """metrics.jsonl records of a run (of its linked training run, for a notebook run that trained one)."""
+        run = self._runs[name]
+        return (run.training_run or run).metrics()
+
     def to_figure(self) -> Any:
         """Curves of the selected runs (all shown runs when none is selected), overlaid."""
         names = list(self.select.value) or (list(self.shown["run"]) if self.shown is not None and len(self.shown)
                                             else [])
-        return curves_figure({n: self._runs[n].metrics() for n in names}, self.curve_metrics,
+        return curves_figure({n: self._curves(n) for n in names}, self.curve_metrics,
                              cols=len(self.curve_metrics), title=f"runs in {self.runs_dir}")

@@ -2,8 +2,9 @@
 
 Public API (the rest is importable by path)::
 
-    from workbench import PretrainConfig, TrainConfig, pretrain, start_pretrain, load_pretrained, Run, list_runs
+    from workbench import PretrainConfig, TrainConfig, pretrain, start_pretrain, load_trained, Run, list_runs
     run = pretrain(PretrainConfig(method="byol", train=TrainConfig(epochs=5)))
+    trained = load_trained(run)        # backbone + image size, mean/std, data; also checkpoints, methods, modules
     evaluate(run)                      # workbench.evaluation.evaluate (imported on first use)
     run_notebook("notebooks/00_quickstart.ipynb", {...}); sweep(...)   # workbench.experiments
 
@@ -17,7 +18,8 @@ from typing import Any
 from workbench.config import ConfigError, apply_overrides, from_dict, to_dict
 from workbench.runs import Run, list_runs
 from workbench.train import (Callback, DataConfig, ModelConfig, PretrainConfig, PretrainHandle, TrainConfig,
-                             TrainingDiverged, load_method, load_pretrained, pretrain, start_pretrain)
+                             TrainingDiverged, pretrain, start_pretrain)
+from workbench.trained import Trained, extract_features, load_trained
 
 __version__ = "0.1.0"
 
@@ -38,5 +40,5 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["ConfigError", "apply_overrides", "from_dict", "to_dict", "Run", "list_runs", "Callback", "DataConfig",
-           "ModelConfig", "PretrainConfig", "PretrainHandle", "TrainConfig", "TrainingDiverged", "load_method",
-           "load_pretrained", "pretrain", "start_pretrain", "evaluate", "run_notebook", "sweep", "__version__"]
+           "ModelConfig", "PretrainConfig", "PretrainHandle", "TrainConfig", "Trained", "TrainingDiverged",
+           "extract_features", "load_trained", "pretrain", "start_pretrain", "evaluate", "run_notebook", "sweep", "__version__"]

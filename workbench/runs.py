@@ -3,7 +3,7 @@
 Layout (DESIGN.md, "Runs and reproducibility")::
 
     runs/<YYYYmmdd-HHMMSS>-<method>-<data>-<id>/
-        config.json  env.json  metrics.jsonl  status.json  summary.json
+        config.json  env.json  metrics.jsonl  status.json  summary.json  [links.json]
         checkpoints/last.pt  checkpoints/epoch-0003.pt ...   (state dicts only)
         cache/                                                (features, 2-D embeddings)
 
@@ -26,6 +26,7 @@ from typing import Any, Iterable
 import torch
 
 STATUSES = ("created", "running", "completed", "failed")
+LINKS_FILE = "links.json"  # named links to other run folders (a notebook run -> the run it trained)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -157,6 +158,24 @@ class Run:
             raise ValueError(f"status {status!r} is not one of {STATUSES}")
         record = {"status": status, "updated": _dt.datetime.now().isoformat(timespec="seconds"), **details}
         atomic_write_json(self.path / "status.json", record)
+
+    @property
+    def training_run(self) -> "Run | None":
+        """The pretraining run this (notebook) run trained into a sub-folder, from links.json's ``training_run``
+        (a path relative to this folder); None when it has no such link or the linked folder is gone."""
+        ref = self._read_json(LINKS_FILE).get("training_run")
+        if not isinstance(ref, str):
+            return None
+        path = Path(ref) if Path(ref).is_absolute() else self.path / ref
+        return Run(path) if path.is_dir() else None
+
+    def link_training_run(self, run: "Run") -> None:
+        """Record ``run`` as this run's training run (relative path when it lies inside this folder)."""
+        try:
+            ref = str(run.path.resolve().relative_to(self.path.resolve()))
+        except ValueError:
+            ref = str(run.path.resolve())
+        atomic_write_json(self.path / LINKS_FILE, {**self._read_json(LINKS_FILE), "training_run": ref})
 
     @property
     def summary(self) -> dict[str, Any]:

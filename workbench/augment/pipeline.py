@@ -41,6 +41,18 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return ops.normalize_float(ops.to_float(images), mean, std)
 
 
+def channel_values(values: Sequence[float] | float, channels: int, what: str = "mean") -> tuple[float, ...]:
+    """A per-channel normalisation statistic: one number, or one per channel -> a tuple of ``channels`` floats
+    (``what`` names it in the error)."""
+    vals = (float(values),) if isinstance(values, (int, float)) else tuple(float(v) for v in values)
+    if len(vals) == 1:
+        return vals * channels
+    if len(vals) != channels:
+        raise ValueError(f"{what}={vals} has {len(vals)} entries for {channels}-channel images; "
+                         "pass one value per channel or a single value")
+    return vals
+
+
 def apply_view(images: torch.Tensor, view: ViewOps, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
     """One view of a float [0,1] batch [B, C, H, W] (before normalization) and its params.
 

@@ -162,7 +162,8 @@ def load(name: str, split: str = "train", **options: Any) -> ImageDataset:
 def channel_stats(data: ImageDataset | torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
     """Per-channel mean and (population) std of uint8 images [N, C, H, W], in [0, 1] units.
 
-    Sums are float64 and chunked, so 70k images need no more than one chunk of float memory.
+    Sums are float64 and chunked, so 70k images need no more than one chunk of float memory. A std below 1e-3
+    (a constant channel) is raised to 1e-3, so normalising with these statistics never divides by ~0.
     """
     images = data.images if isinstance(data, ImageDataset) else data
     c = images.shape[1]
@@ -175,4 +176,4 @@ def channel_stats(data: ImageDataset | torch.Tensor, chunk: int = 4096) -> tuple
     count = images.shape[0] * images.shape[2] * images.shape[3]
     mean = total / count
     var = (total_sq / count - mean.pow(2)).clamp_min(0)
-    return [float(v) / 255 for v in mean], [float(v) ** 0.5 / 255 for v in var]
+    return [float(v) / 255 for v in mean], [max(float(v) ** 0.5 / 255, 1e-3) for v in var]

@@ -16,7 +16,7 @@ from typing import Sequence
 import pandas as pd
 import torch
 
-from workbench.evaluation.features import FeatureSet
+from workbench.trained import FeatureSet
 from workbench.evaluation.linear import cpu_threads_for, linear_probe, standardize_stats
 
 RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)

@@ -19,10 +19,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from workbench.augment import channel_values, generate_views, make_preset, normalize
 from workbench.data.base import ImageDataset
-from workbench.evaluation.features import (_channel_stats, as_run, check_compatible, load_run_backbone,
-                                         normalize_images, random_init_like, resolve_device)
+from workbench.device import resolve_device
 from workbench.evaluation.knn import topk_accuracy
+from workbench.models.encode import encode
+from workbench.trained import DEFAULT_MEAN, DEFAULT_STD, check_compatible, load_trained, random_init_like
 
 
 class Classifier(nn.Module):
@@ -91,41 +93,15 @@ def _light_augment(kind: str | None, image_size: int, mean: tuple, std: tuple) -
     """Batch transform uint8 [B, C, H, W] -> normalised float: ``None``/"none" (plain), "flip" (random
     horizontal flip, the default), or a workbench.augment preset name (its first view)."""
     if kind in (None, "none"):
-        return lambda x, g: normalize_images(x, mean, std)
+        return lambda x, g: normalize(x, mean, std)
     if kind == "flip":
         def flip(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
             do = torch.rand(x.shape[0], generator=g, device=g.device) < 0.5
-            x = normalize_images(x, mean, std)
+            x = normalize(x, mean, std)
             return torch.where(do.view(-1, 1, 1, 1).to(x.device), x.flip(-1), x)
         return flip
-    try:
-        from workbench.augment import generate_views, make_preset
-    except ImportError as e:
-        raise ImportError(f"augment={kind!r} needs workbench.augment ({e}); use augment='flip' or None") from e
     cfg = make_preset(kind, image_size, mean=mean, std=std)
     return lambda x, g: generate_views(x, cfg, g).views[0]
-
-
-def _resolve_backbone(source: Any, checkpoint: str) -> tuple[nn.Module, dict[str, Any]]:
-    run = as_run(source)
-    if run is not None:
-        return load_run_backbone(run, checkpoint)
-    if isinstance(source, Classifier):
-        return source.backbone, {}
-    if isinstance(source, nn.Module):
-        return source, {}
-    raise TypeError(f"source must be a Run, a run folder or an nn.Module backbone, got {type(source).__name__}")
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                   batch_size: int = 256, device: str | torch.device = "auto") -> torch.Tensor:
-    """Logits [N, C] of ``model`` on uint8 images [N, C, H, W] (eval mode, batched, CPU result)."""
-    dev = resolve_device(device)
-    model.eval().to(dev)
-    out = [model(normalize_images(images[i:i + batch_size].to(dev), mean, std)).float().cpu()
-           for i in range(0, images.shape[0], batch_size)]
-    return torch.cat(out) if out else torch.zeros(0)
 
 
 def _train(model: nn.Module, images: torch.Tensor, loss_fn: Callable, transform: Callable, epochs: int,
@@ -176,12 +152,14 @@ def few_label_finetune(source: Any, train: ImageDataset, test: ImageDataset, fra
 
     Trains ``epochs`` passes, or ``min_steps`` steps where that is more (SimCLRv2 also fine-tunes longer on 1%).
     """
-    backbone, info = _resolve_backbone(source, checkpoint)
+    trained = load_trained(source, checkpoint)
+    backbone = trained.backbone
     check_compatible(backbone, train)
     check_compatible(backbone, test)
     chans = train.images.shape[1]
-    mean_t = _channel_stats(mean if mean is not None else info.get("mean"), chans, 0.5, "mean")
-    std_t = _channel_stats(std if std is not None else info.get("std"), chans, 0.5, "std")
+    rec_mean, rec_std = trained.stats(chans)
+    mean_t = channel_values(mean, chans, "mean") if mean is not None else rec_mean
+    std_t = channel_values(std, chans, "std") if std is not None else rec_std
     num_classes = max(train.num_classes, int(train.labels.max()) + 1, int(test.labels.max()) + 1)
     idx = class_balanced_subset(train.labels, fraction, seed, num_classes)
     dev = resolve_device(device)
@@ -191,7 +169,7 @@ def few_label_finetune(source: Any, train: ImageDataset, test: ImageDataset, fra
     transform = _light_augment(augment, train.images.shape[-1], mean_t, std_t)
     losses = _train(model, images, lambda logits, i, x: F.cross_entropy(logits, targets[i.to(dev)]), transform,
                     epochs, batch_size, lr, weight_decay, seed, dev, min_steps)
-    logits = predict_logits(model, test.images, mean_t, std_t, device=dev)
+    logits = encode(model, test.images, mean_t, std_t, device=dev)
     model.cpu().eval()
     top5 = topk_accuracy(logits, test.labels, 5) if num_classes > 10 else None
     return FinetuneResult(model, topk_accuracy(logits, test.labels, 1), top5, int(idx.numel()),
@@ -227,8 +205,8 @@ def distill(teacher: Classifier | FinetuneResult, train: ImageDataset, test: Ima
         raise TypeError(f"teacher must be a Classifier or the FinetuneResult of few_label_finetune, "
                         f"got {type(teacher).__name__}")
     chans = train.images.shape[1]
-    mean_t = _channel_stats(mean if mean is not None else settings_in.get("mean"), chans, 0.5, "mean")
-    std_t = _channel_stats(std if std is not None else settings_in.get("std"), chans, 0.5, "std")
+    mean_t = channel_values(mean if mean is not None else settings_in.get("mean", DEFAULT_MEAN), chans, "mean")
+    std_t = channel_values(std if std is not None else settings_in.get("std", DEFAULT_STD), chans, "std")
     check_compatible(teacher, train)
     num_classes = teacher.head.out_features
     dev = resolve_device(device)
@@ -246,8 +224,8 @@ def distill(teacher: Classifier | FinetuneResult, train: ImageDataset, test: Ima
 
     losses = _train(model, train.images, loss_fn, transform, epochs, batch_size, lr, weight_decay, seed, dev,
                     min_steps)
-    logits = predict_logits(model, test.images, mean_t, std_t, device=dev)
-    t_logits = predict_logits(teacher, test.images, mean_t, std_t, device=dev)
+    logits = encode(model, test.images, mean_t, std_t, device=dev)
+    t_logits = encode(teacher, test.images, mean_t, std_t, device=dev)
     model.cpu().eval()
     teacher.cpu()
     top5 = topk_accuracy(logits, test.labels, 5) if num_classes > 10 else None

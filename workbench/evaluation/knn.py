@@ -5,7 +5,8 @@ from typing import Sequence
 
 import torch
 
-from workbench.evaluation.features import FeatureSet, resolve_device
+from workbench.device import resolve_device
+from workbench.trained import FeatureSet
 from workbench.metrics import weighted_knn_predict
 
 

@@ -14,7 +14,8 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from workbench.evaluation.features import FeatureSet, resolve_device
+from workbench.device import resolve_device
+from workbench.trained import FeatureSet
 from workbench.evaluation.knn import topk_accuracy
 
 DEFAULT_WEIGHT_DECAYS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)

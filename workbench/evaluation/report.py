@@ -17,18 +17,17 @@ import torch.nn as nn
 
 from workbench.data.base import ImageDataset
 from workbench.evaluation.factors import factor_probes
-from workbench.evaluation.features import (RawPixels, _channel_stats, adapt_dataset, as_run, check_compatible,
-                                         extract_features, load_run_backbone, random_init_like)
 from workbench.evaluation.finetune import distill, few_label_finetune
 from workbench.evaluation.knn import knn_eval
 from workbench.evaluation.label_free import (kmeans_scores, label_free_metrics, umap_silhouette, view_features,
                                            view_pairs)
 from workbench.evaluation.linear import linear_probe
 from workbench.runs import Run
+from workbench.trained import (BASELINES, RawPixels, Trained, adapt_dataset, check_compatible, extract_features,
+                               load_trained)
 
 METRICS = ("knn", "linear", "label_free", "kmeans", "silhouette", "factors", "finetune", "distill")
 DEFAULT_METRICS = ("knn", "linear", "label_free", "kmeans", "factors")
-BASELINES = ("random_init", "raw_pixels")
 COLUMNS = ["model", "name", "value", "split", "settings"]
 
 
@@ -88,10 +87,7 @@ def resolve_data(data: Any, data_options: dict[str, Any] | None, trained_on: Any
                  ) -> tuple[ImageDataset, ImageDataset, str]:
     """-> (train split, test split, data name). ``data``: None (the run's training data and options), a
     registered name, {"name", "options"}, or a (train, test) pair of ImageDatasets."""
-    import workbench.data as data_pkg  # registers the built-in loaders
-    from workbench.data.base import load as base_load
-
-    load = getattr(data_pkg, "load", base_load)
+    from workbench.data import load
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, ImageDataset) for d in data):
         return data[0], data[1], data[0].name or "data"
     if isinstance(data, ImageDataset):
@@ -112,20 +108,14 @@ def resolve_data(data: Any, data_options: dict[str, Any] | None, trained_on: Any
     return train, test, name
 
 
-def _preset_for(run: Run | None, info: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The augmentation preset the run trained with (for alignment's two views) and its overrides."""
-    config = run.config if run is not None else {}
-    aug = config.get("augment") if isinstance(config.get("augment"), dict) else {}
-    preset = info.get("preset") or aug.get("preset")
-    if preset is None:
-        method = info.get("method") or config.get("method")
-        try:
-            from workbench.methods import method_class
-            preset = method_class(method).preset
-        except Exception:
-            preset = "simclr"
-    overrides = {k: v for k, v in aug.items() if k != "preset"}
-    return preset, overrides
+def _preset_for(trained: Trained) -> tuple[str, dict[str, Any]]:
+    """The augmentation preset the run trained with (for alignment's two views) and its overrides; a bare
+    backbone, which records none, gets SimCLR's views."""
+    config = trained.run.config if trained.run is not None else {}
+    aug = dict(config.get("augment") or {})
+    preset = trained.info.get("preset") or aug.pop("preset", None) or "simclr"
+    aug.pop("preset", None)
+    return preset, aug
 
 
 def _rows(model: str, values: dict[str, float], split: str, settings: dict[str, Any]) -> list[dict[str, Any]]:
@@ -158,34 +148,23 @@ def evaluate(run: Any, data: Any = None, metrics: str | Sequence[str] = DEFAULT_
         if bad:
             raise ValueError(f"unknown baseline(s) {bad}; choose from {list(BASELINES)}")
 
-    r = as_run(run)
-    if r is not None:
-        backbone, info = load_run_backbone(r, checkpoint)
-        trained_on = info.get("data") or r.config.get("data")
-        source: Any = r
-    elif isinstance(run, nn.Module):
-        backbone, info, trained_on, source = run, {}, None, run
-        if data is None:
-            raise ValueError("evaluating a bare backbone needs data=... (a name or a (train, test) pair)")
-    else:
-        raise TypeError(f"evaluate() takes a Run, a run folder or a Backbone, got {type(run).__name__}")
-    train_ds, test_ds, data_name = resolve_data(data, data_options, trained_on)
-    hint = data_name
+    trained = load_trained(run, checkpoint)
+    backbone, r = trained.backbone, trained.run
+    train_ds, test_ds, data_name = resolve_data(data, data_options, trained.data)
     if adapt:  # transfer to data of another size / channel count: convert it to what the backbone takes
-        size, chans_in = getattr(backbone, "image_size", None), getattr(backbone, "in_chans", None)
-        if size is not None and chans_in is not None:
-            train_ds, test_ds = adapt_dataset(train_ds, chans_in, size), adapt_dataset(test_ds, chans_in, size)
-    check_compatible(backbone, train_ds, hint)
-    check_compatible(backbone, test_ds, hint)
+        if trained.image_size is not None and trained.in_chans is not None:
+            train_ds = adapt_dataset(train_ds, trained.in_chans, trained.image_size)
+            test_ds = adapt_dataset(test_ds, trained.in_chans, trained.image_size)
+    check_compatible(backbone, train_ds, data_name)
+    check_compatible(backbone, test_ds, data_name)
     chans = train_ds.images.shape[1]
-    mean = _channel_stats(info.get("mean"), chans, 0.5, "mean")
-    std = _channel_stats(info.get("std"), chans, 0.5, "std")
-    run_data_name, _ = _data_spec(trained_on)
+    mean, std = trained.stats(chans)
+    run_data_name, _ = _data_spec(trained.data)
     transfer = run_data_name is not None and data_name != run_data_name
 
     models: dict[str, nn.Module] = {"pretrained": backbone}
     if "random_init" in baselines:
-        models["random_init"] = random_init_like(backbone, opts.seed)
+        models["random_init"] = trained.random_init(opts.seed)
     if "raw_pixels" in baselines:
         models["raw_pixels"] = RawPixels(train_ds.images.shape[-1], chans)
 
@@ -195,22 +174,16 @@ def evaluate(run: Any, data: Any = None, metrics: str | Sequence[str] = DEFAULT_
     t_start = time.time()
     pairs = preset = None
     if "label_free" in metrics:  # two augmented views of the same test images, drawn once for every model
-        preset, overrides = _preset_for(r, info)
-        try:
-            try:
-                pairs = view_pairs(test_ds, preset, mean, std, overrides, n=opts.alignment_images, seed=opts.seed)
-            except (TypeError, ValueError):  # overrides this preset does not take: the bare preset
-                pairs = view_pairs(test_ds, preset, mean, std, None, n=opts.alignment_images, seed=opts.seed)
-        except ImportError:
-            pairs = None  # workbench.augment missing: alignment is left out, the other metrics still reported
+        preset, overrides = _preset_for(trained)
+        pairs = view_pairs(test_ds, preset, mean, std, overrides, n=opts.alignment_images, seed=opts.seed)
     for model_name, encoder in models.items():
         baseline = None if model_name == "pretrained" else model_name
         needs_features = any(m in metrics for m in ("knn", "linear", "label_free", "kmeans", "silhouette", "factors"))
         if needs_features:
             kw = dict(checkpoint=checkpoint, baseline=baseline, mean=mean, std=std, batch_size=opts.batch_size,
                       device=device, seed=opts.seed)
-            ftr = extract_features(source, train_ds, **kw)
-            fte = extract_features(source, test_ds, **kw)
+            ftr = extract_features(trained, train_ds, **kw)
+            fte = extract_features(trained, test_ds, **kw)
         settings = {**base, "dim": int(ftr.dim) if needs_features else None}
         if "knn" in metrics:
             rows += _rows(model_name, knn_eval(ftr, fte, opts.knn_ks, opts.knn_temperature, device=device), "test",
@@ -224,11 +197,9 @@ def evaluate(run: Any, data: Any = None, metrics: str | Sequence[str] = DEFAULT_
                                                      "val_top1": {str(k): v for k, v in res.val_top1.items()},
                                                      "fit_split": "train"})
         if "label_free" in metrics:
-            views = None
-            if pairs is not None:
-                views = view_features(encoder, test_ds, device=device, pairs=pairs)
+            views = view_features(encoder, test_ds, device=device, pairs=pairs)
             rows += _rows(model_name, label_free_metrics(fte, views, seed=opts.seed), "test",
-                          {**settings, "preset": preset if views is not None else None})
+                          {**settings, "preset": preset})
         if "kmeans" in metrics and fte.has_labels:
             rows += _rows(model_name, kmeans_scores(fte, max_points=opts.cluster_points, seed=opts.seed), "test",
                           {**settings, "features": "l2-normalised"})

@@ -11,12 +11,12 @@ from workbench.experiments.runner import (NotebookError, Parameter, describe_run
                                           quickstart, repo_notebooks_dir, run_notebook, validate_parameters)
 from workbench.experiments.sweep import sweep
 from workbench.experiments.table import (compare_summaries, curves_frame, headline_metrics, plot_curves, run_facts,
-                                         runs_table, training_run)
+                                         runs_table)
 
 __all__ = [
     "ENV_RUN_DIR", "NotebookError", "Parameter", "adopt_training_run", "compare_summaries", "current_run",
     "curves_frame", "default_runs_dir", "describe_run", "ensure_kernel", "headline_metrics", "notebook_parameters",
     "plot_curves", "quickstart",
     "read_parameters", "record_metrics", "repo_notebooks_dir", "reproduce", "run_facts", "run_notebook",
-    "runs_table", "set_current_run", "sweep", "training_run", "under_runner", "validate_parameters",
+    "runs_table", "set_current_run", "sweep", "under_runner", "validate_parameters",
 ]

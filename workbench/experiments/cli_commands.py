@@ -6,13 +6,12 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..config import ConfigError, parse_value
+from ..config import ConfigError
 
 
 def _parse_grid(items: Sequence[str]) -> dict[str, list]:
@@ -104,9 +103,8 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
-def add_subcommands(subparsers: "argparse._SubParsersAction", quickstart: bool = True) -> None:
-    """Add run / sweep / runs / lab (and quickstart, unless ``quickstart=False`` or the parser already has
-    one) to the main CLI; each sets ``func(args) -> exit code``."""
+def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
+    """Add run / quickstart / sweep / runs / lab to the main CLI; each sets ``func(args) -> exit code``."""
     def common(p: argparse.ArgumentParser, params: bool = True) -> None:
         p.add_argument("--dir", default="runs", help="runs folder (default: runs)")
         p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per notebook cell")
@@ -120,10 +118,9 @@ def add_subcommands(subparsers: "argparse._SubParsersAction", quickstart: bool =
     common(p)
     p.set_defaults(func=_cmd_run)
 
-    if quickstart and "quickstart" not in subparsers.choices:
-        p = subparsers.add_parser("quickstart", help="the main job: execute notebooks/00_quickstart.ipynb into runs/")
-        common(p)
-        p.set_defaults(func=_cmd_quickstart)
+    p = subparsers.add_parser("quickstart", help="the main job: execute notebooks/00_quickstart.ipynb into runs/")
+    common(p)
+    p.set_defaults(func=_cmd_quickstart)
 
     p = subparsers.add_parser("sweep", help="run a notebook over a parameter grid (resumable)")
     p.add_argument("notebook")

@@ -110,26 +110,12 @@ def record_metrics(values: Mapping[str, Any], run: Run | str | os.PathLike | Non
 
 
 def adopt_training_run(train_run: Run | str | os.PathLike, run: Run | str | os.PathLike | None = None) -> Run:
-    """Make a pretraining run made inside a notebook run readable from the notebook run itself.
-
-    The engine writes its own run folder (``pretrain(config)`` with ``out=<notebook run>/train``). This records
-    ``train_run`` (relative path) in the notebook run's summary, copies its config.json and links its
-    metrics.jsonl and checkpoints/ (relative symlinks, so the folder can be moved), so ``workbench runs``, the
-    RunBrowser, TrainingMonitor and ``evaluate`` work on the notebook run as on any training run.
-    """
+    """Record a pretraining run made inside a notebook run (``pretrain(config)`` with ``out=<notebook run>/train``)
+    as that notebook run's training run (``Run.link_training_run``: links.json, ``training_run``), so ``workbench
+    runs``, the RunBrowser, TrainingMonitor, ``load_trained`` and ``evaluate`` read the notebook run's model,
+    curves and facts from it by name. Returns the notebook run."""
     target = current_run() if run is None else (run if isinstance(run, Run) else Run(run))
-    source = train_run if isinstance(train_run, Run) else Run(train_run)
-    try:
-        rel = source.path.resolve().relative_to(target.path.resolve())
-    except ValueError:
-        rel = source.path.resolve()
-    if source.config:
-        target.write_config(source.config)
-    for name in ("metrics.jsonl", "checkpoints"):
-        link, dest = target.path / name, source.path / name
-        if dest.exists() and not link.exists() and not link.is_symlink():
-            link.symlink_to(rel / name if not rel.is_absolute() else dest, target_is_directory=dest.is_dir())
-    target.update_summary({"train_run": str(rel)})
+    target.link_training_run(train_run if isinstance(train_run, Run) else Run(train_run))
     return target
 
 

@@ -11,51 +11,30 @@ from .records import read_parameters
 COLUMNS = ("run", "notebook", "method", "data", "backbone", "epochs", "status")
 
 
-def _get(d: Any, *keys: str) -> Any:
-    for k in keys:
-        if not isinstance(d, dict) or k not in d:
-            return None
-        d = d[k]
-    return d
-
-
-def training_run(run: Run) -> Run | None:
-    """The pretraining run a notebook run recorded (summary key ``train_run``, relative or absolute), if any."""
-    ref = run.summary.get("train_run")
-    if not isinstance(ref, str):
-        return None
-    path = Path(ref)
-    path = path if path.is_absolute() else run.path / path
-    return Run(path) if path.exists() else None
+def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
+    value = config.get(name)
+    return value if isinstance(value, dict) else {}
 
 
 def run_facts(run: Run | str | os.PathLike) -> dict[str, Any]:
-    """method/data/backbone/epochs/status of a run, from its notebook parameters or its pretraining config."""
+    """run, notebook, method, data, backbone, epochs and status of a run, each read from one named place.
+
+    method/data/backbone/epochs come from the PretrainConfig (config.json: ``method``, ``data.name``,
+    ``model.backbone``, ``train.epochs``) of the run, or of its linked training run (``Run.training_run``) for a
+    notebook run that trained into a sub-folder; a notebook run without a training config (one that trained
+    several runs, or none) shows its notebook parameters of the same names.
+    """
     run = run if isinstance(run, Run) else Run(run)
-    params = read_parameters(run).get("parameters", {})
-    config = run.config
-    trained = training_run(run)
-    tconfig = trained.config if trained is not None else {}
-
-    def pick(param: str, *config_keys: tuple[str, ...]) -> Any:
-        if params.get(param) is not None:
-            return params[param]
-        for cfg in (config, tconfig):
-            for keys in config_keys:
-                v = _get(cfg, *keys)
-                if v is not None and not isinstance(v, dict):
-                    return v
-        return None
-
-    return {
-        "run": run.path.name,
-        "notebook": read_parameters(run).get("notebook"),
-        "method": pick("method", ("method",), ("method", "name")),
-        "data": pick("data", ("data", "name"), ("data",)),
-        "backbone": pick("backbone", ("model", "backbone"), ("backbone",)),
-        "epochs": pick("epochs", ("train", "epochs"), ("epochs",)),
-        "status": run.status.get("status"),
-    }
+    record = read_parameters(run)
+    config = (run.training_run or run).config
+    if config:
+        facts = {"method": config.get("method"), "data": _section(config, "data").get("name"),
+                 "backbone": _section(config, "model").get("backbone"),
+                 "epochs": _section(config, "train").get("epochs")}
+    else:
+        params = record.get("parameters", {})
+        facts = {k: params.get(k) for k in ("method", "data", "backbone", "epochs")}
+    return {"run": run.path.name, "notebook": record.get("notebook"), **facts, "status": run.status.get("status")}
 
 
 def numeric_summary(run: Run) -> dict[str, float]:
@@ -114,7 +93,7 @@ def curves_frame(runs: Iterable[Run | str | os.PathLike], y: str = "loss", x: st
     rows = []
     for r in runs:
         run = r if isinstance(r, Run) else Run(r)
-        for rec in run.metrics():
+        for rec in (run.training_run or run).metrics():
             if (kind is None or rec.get("kind") == kind) and x in rec and y in rec and rec[y] is not None:
                 rows.append({"run": run.path.name, x: rec[x], y: rec[y]})
     return pd.DataFrame(rows, columns=["run", x, y])

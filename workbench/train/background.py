@@ -1,0 +1,52 @@
+"""Pretraining in a background thread, so a notebook kernel stays free while a run trains."""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Iterable
+
+from workbench.runs import Run
+from workbench.train.config import PretrainConfig
+from workbench.train.engine import Trainer
+
+
+class PretrainHandle:
+    """A pretraining run in a background thread: ``.run`` (the Run, available at once), ``done()``,
+    ``wait() -> Run`` (re-raises the run's exception), ``stop()`` (finish after the current step with a
+    checkpoint; status completed with ``stopped_early``)."""
+
+    def __init__(self, trainer: Trainer):
+        self._trainer = trainer
+        self.run: Run = trainer.run_record
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._target, name=f"pretrain-{self.run.path.name}", daemon=True)
+        self._thread.start()
+
+    def _target(self) -> None:
+        try:
+            self._trainer.run()
+        except BaseException as e:  # recorded in status.json by the trainer; kept for wait()
+            self.error = e
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._trainer.stop()
+
+    def wait(self, timeout: float | None = None) -> Run:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"pretraining {self.run.path} still running after {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.run
+
+    def __repr__(self) -> str:
+        return f"PretrainHandle({str(self.run.path)!r}, done={self.done()})"
+
+
+def start_pretrain(config: PretrainConfig | dict | None = None, callbacks: Iterable[Any] = (),
+                   resume: str | os.PathLike | Run | None = None) -> PretrainHandle:
+    """Start ``pretrain`` in a background thread (the config is validated and the run folder created first)."""
+    return PretrainHandle(Trainer(config, callbacks, resume))

@@ -1,0 +1,253 @@
+"""Everything a pretraining run needs before its first step: processes, data on the device, the method,
+precision and memory format, optimizer and schedule, compile and DDP. The loop (``engine.py``) only trains.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from workbench.config import ConfigError, from_dict, to_dict
+from workbench.runs import Run
+from workbench.train.config import PretrainConfig, ResolvedTrain, augment_config, resolve_train, schedule_steps
+from workbench.train.optim import build_optimizer, build_scheduler, param_groups
+
+
+def init_distributed(device_pref: str) -> tuple[int, int, int]:
+    """Join the process group torchrun describes (env RANK/WORLD_SIZE; gloo on CPU, nccl on CUDA).
+
+    Returns (rank, world size, local rank); (0, 1, 0) outside torchrun.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or "RANK" not in os.environ:
+        return 0, 1, 0
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and device_pref != "cpu"
+        if use_cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), local
+
+
+def mix_seed(*xs: int) -> int:
+    """A 63-bit seed from integers (seed, rank, step, ...) so each step's randomness is addressable."""
+    h = 0x9E3779B97F4A7C15
+    for x in xs:
+        h ^= (int(x) + 0x9E3779B97F4A7C15 + ((h << 6) & (2 ** 64 - 1)) + (h >> 2)) & (2 ** 64 - 1)
+        h = (h * 0xBF58476D1CE4E5B9) & (2 ** 64 - 1)
+    return h & (2 ** 63 - 1)
+
+
+def load_data(config: PretrainConfig, split: str):
+    """``workbench.data.load(name, split, **config.data.loader_kwargs())``."""
+    import workbench.data as data_pkg  # registers the built-in loaders
+
+    return data_pkg.load(config.data.name, split=split, **config.data.loader_kwargs())
+
+
+def build_method_for(config: PretrainConfig, image_size: int, in_chans: int):
+    """Backbone + method of ``config`` for ``image_size`` px images with ``in_chans`` channels (on the CPU)."""
+    from workbench.methods import build_method
+    from workbench.models.backbones import build_backbone
+
+    try:
+        backbone = build_backbone(config.model.backbone, image_size=image_size, in_chans=in_chans,
+                                  **config.model.options)
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+    return build_method(config.method, backbone, config.method_options)
+
+
+def resume_config(run: Run, config: PretrainConfig | dict | None) -> PretrainConfig:
+    """The config to resume ``run`` with: its recorded config, or ``config`` where it changes only what a resume
+    may change (epochs, max_steps, logging ...); anything that would change the model or the batch order is
+    a ConfigError naming the section."""
+    if not run.path.is_dir():
+        raise FileNotFoundError(f"resume: run folder {run.path} does not exist")
+    recorded = run.config
+    if not recorded:
+        raise FileNotFoundError(f"resume: {run.path} has no config.json (is it a run folder?)")
+    base = from_dict(PretrainConfig, recorded)
+    if config is None:
+        return base
+    config = from_dict(PretrainConfig, config) if isinstance(config, dict) else config
+    for section in ("method", "method_options", "model", "augment"):
+        if to_dict(getattr(config, section)) != to_dict(getattr(base, section)):
+            raise ConfigError(f"resume: config.{section} differs from the run's recorded {section} "
+                              f"({to_dict(getattr(base, section))}); resume with the recorded config "
+                              "(pass config=None) or start a new run")
+    for key in ("batch_size", "seed"):
+        if getattr(config.train, key) != getattr(base.train, key):
+            raise ConfigError(f"resume: train.{key}={getattr(config.train, key)} differs from the run's "
+                              f"{getattr(base.train, key)}; the batch order would not match")
+    if config.data.name != base.data.name or config.data.options != base.data.options:
+        raise ConfigError(f"resume: config.data differs from the run's recorded data ({to_dict(base.data)})")
+    config.data.mean, config.data.std = base.data.mean, base.data.std
+    return config
+
+
+@dataclass
+class TrainingData:
+    """The training images (uint8 [N, C, H, W], on the device) and the kNN monitor's fixed subsets (CPU;
+    None when the monitor is off or the data has no labelled test split)."""
+
+    train_images: torch.Tensor
+    class_names: list[str]
+    knn_train_images: torch.Tensor | None = None
+    knn_train_labels: torch.Tensor | None = None
+    knn_test_images: torch.Tensor | None = None
+    knn_test_labels: torch.Tensor | None = None
+    num_test: int = 0
+
+    @property
+    def num_train(self) -> int:
+        return int(self.train_images.shape[0])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_images.shape[-1])
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.train_images.shape[1])
+
+
+def prepare_data(config: PretrainConfig, device: torch.device, with_monitor: bool) -> TrainingData:
+    """Load the training split to ``device`` once and (``with_monitor``: rank 0 with ``knn_every``) fixed kNN
+    subsets of the train and test splits; fills ``config.data.mean/std`` from the images when unset."""
+    from workbench.data import channel_stats
+
+    t = config.train
+    train_ds = load_data(config, "train")
+    if len(train_ds) < t.batch_size:
+        raise ConfigError(f"train.batch_size={t.batch_size} is larger than the training set ({len(train_ds)} "
+                          f"images of {config.data.name!r}); lower the batch size or load more data")
+    if config.data.mean is None or config.data.std is None:
+        config.data.mean, config.data.std = channel_stats(train_ds.images)
+    chans = train_ds.images.shape[1]
+    if len(config.data.mean) not in (1, chans) or len(config.data.std) not in (1, chans):
+        raise ConfigError(f"data.mean/std have {len(config.data.mean)}/{len(config.data.std)} values for "
+                          f"{chans}-channel images; give one value per channel")
+    data = TrainingData(train_ds.images.to(device), list(train_ds.class_names))
+    if not with_monitor or bool((train_ds.labels < 0).all()):  # unlabeled data: nothing to score
+        return data
+    g = torch.Generator().manual_seed(mix_seed(t.seed, 17))
+    idx = torch.randperm(len(train_ds), generator=g)[:t.knn_max_train]
+    try:
+        test_ds = load_data(config, "test")
+    except (FileNotFoundError, ValueError) as e:  # no test split (e.g. an unlabeled folder): say why
+        warnings.warn(f"kNN monitor off: the test split of {config.data.name!r} could not be loaded ({e})")
+        return data
+    tidx = torch.arange(len(test_ds))
+    if len(test_ds) > t.knn_max_test:
+        tidx = torch.randperm(len(test_ds), generator=g)[:t.knn_max_test]
+    data.knn_train_images, data.knn_train_labels = train_ds.images[idx], train_ds.labels[idx]
+    data.knn_test_images, data.knn_test_labels = test_ds.images[tidx], test_ds.labels[tidx]
+    data.num_test = len(test_ds)
+    return data
+
+
+class StepModule(nn.Module):
+    """Wraps a Method so DistributedDataParallel sees ``training_step`` as ``forward``."""
+
+    def __init__(self, method: nn.Module):
+        super().__init__()
+        self.method = method
+
+    def forward(self, views: list[torch.Tensor], num_global: int, images: torch.Tensor, progress: Any):
+        from workbench.methods.base import Batch
+
+        out = self.method.training_step(Batch(list(views), num_global, images), progress)
+        return out.loss, out.features, out.logs
+
+
+@dataclass
+class TrainingParts:
+    """What the loop drives: the method on its device, the callable step (DDP-wrapped under torchrun), the
+    optimizer and per-step schedule, and the settings chosen for this device."""
+
+    method: nn.Module
+    stepper: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    resolved: ResolvedTrain
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    sync_bn: bool
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+
+def build_training(config: PretrainConfig, data: TrainingData, device: torch.device, world: int,
+                   is_main: bool) -> TrainingParts:
+    """Method, precision (bf16 autocast on CUDA under ``auto``), channels_last (CNNs on CUDA under ``auto``),
+    SyncBatchNorm under DDP on CUDA, optimizer with norm/bias exclusion, warm-up + cosine schedule, opt-in
+    ``torch.compile`` of the backbone, and the DDP wrapper."""
+    t = config.train
+    method = build_method_for(config, data.image_size, data.in_chans)
+    resolved = resolve_train(config)
+    amp_dtype = torch.bfloat16 if t.precision == "bf16" or (t.precision == "auto" and device.type == "cuda") else None
+    is_cnn = getattr(method.backbone, "kind", "cnn") == "cnn"
+    channels_last = t.channels_last == "on" or (t.channels_last == "auto" and device.type == "cuda" and is_cnn)
+    sync_bn = False
+    if world > 1 and method.sync_batchnorm:
+        if device.type == "cuda":
+            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+            sync_bn = True
+        elif is_main:
+            warnings.warn("SyncBatchNorm needs CUDA; on CPU each process normalises with its own batch statistics")
+    method.to(device)
+    if channels_last:
+        method.to(memory_format=torch.channels_last)
+    teacher_params = [p for m in method.teacher_modules() for p in m.parameters()]
+    groups = param_groups(method, resolved.weight_decay, exclude=teacher_params)
+    if not method.recipe.exclude_bias_norm_from_lars:
+        for g in groups:
+            g["lars_exclude"] = False
+    optimizer = build_optimizer(resolved.optimizer, groups, resolved.lr, resolved.weight_decay, resolved.momentum,
+                                resolved.betas)
+    steps_per_epoch = data.num_train // t.batch_size
+    total_steps, warmup_steps = schedule_steps(t.epochs, steps_per_epoch, resolved.warmup_epochs)
+    scheduler = build_scheduler(optimizer, total_steps, warmup_steps)
+    if t.compile:
+        method.backbone.compile()
+    stepper: nn.Module = StepModule(method)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        find_unused = bool(getattr(method, "find_unused_parameters", method.requires_vit))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # broadcast_buffers' rename in newer torch
+            stepper = DDP(stepper, device_ids=[device.index] if device.type == "cuda" else None,
+                          broadcast_buffers=False, find_unused_parameters=find_unused)
+    return TrainingParts(method, stepper, optimizer, scheduler, resolved, amp_dtype, channels_last, sync_bn,
+                         steps_per_epoch, total_steps, warmup_steps)
+
+
+def describe(config: PretrainConfig, data: TrainingData, parts: TrainingParts, device: torch.device,
+             world: int) -> dict[str, Any]:
+    """The run's ``info`` record (checkpoints and summary carry it; ``workbench.trained`` rebuilds the backbone
+    from it): method, backbone name and options, data, image size, channels, mean/std and the training setup."""
+    c, chans = config, data.in_chans
+    mean = tuple(c.data.mean) * (chans if len(c.data.mean) == 1 else 1)
+    std = tuple(c.data.std) * (chans if len(c.data.std) == 1 else 1)
+    return {
+        "method": c.method, "backbone": c.model.backbone, "backbone_options": dict(c.model.options),
+        "data": {"name": c.data.name, "options": c.data.loader_kwargs()},
+        "image_size": data.image_size, "in_chans": chans, "mean": list(mean), "std": list(std),
+        "feature_dim": int(parts.method.backbone.feature_dim), "num_classes": len(data.class_names),
+        "class_names": list(data.class_names), "preset": augment_config(c, data.image_size).preset,
+        "num_train": data.num_train, "num_test": data.num_test,
+        "steps_per_epoch": parts.steps_per_epoch, "total_steps": parts.total_steps,
+        "warmup_steps": parts.warmup_steps, "epochs": c.train.epochs, "world_size": world, "device": str(device),
+        "precision": "bf16" if parts.amp_dtype else "fp32", "channels_last": parts.channels_last,
+        "sync_batchnorm": parts.sync_bn, "train": parts.resolved.to_dict(),
+        "lr_rule": "lr = base_lr * batch_size / 256 (global batch)",
+    }
