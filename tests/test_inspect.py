@@ -122,6 +122,63 @@ def test_pca_image_recovers_planted_direction_and_foreground():
     assert (rgb2.reshape(-1, 3)[~fg2.reshape(-1)] == 0).all()
 
 
+def test_pca_deterministic_signed_padded_and_leaves_rng_alone():
+    x = torch.randn(300, 40, generator=torch.Generator().manual_seed(3)) * torch.linspace(4, 0.1, 40)
+    state = torch.random.get_rng_state()
+    mean, comps = wi.pca(x, 5)
+    assert torch.equal(torch.random.get_rng_state(), state)  # seeded under a forked RNG
+    mean2, comps2 = wi.pca(x, 5)
+    assert torch.equal(mean, mean2) and torch.equal(comps, comps2)
+    # matches the exact eigenvectors of the covariance (up to sign) and makes each largest projection positive
+    xc = (x - x.mean(0)).double()
+    evals, evecs = torch.linalg.eigh(xc.T @ xc)
+    exact = evecs[:, evals.argsort(descending=True)[:5]].float()
+    assert torch.allclose((exact * comps).sum(0).abs(), torch.ones(5), atol=1e-4)
+    proj = (x - mean) @ comps
+    assert (proj.gather(0, proj.abs().argmax(0, keepdim=True)) > 0).all()
+    # more components than rows: the extra ones are zero
+    _, few = wi.pca(x[:3], 5)
+    assert few.shape == (40, 5) and (few[:, 3:] == 0).all()
+
+
+def test_patch_pixel_images_similarity_outline_and_pca():
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.5]])  # 2x2 grid
+    b = torch.tensor([[-1.0, 0.0], [0.0, -1.0], [0.5, 0.5], [0.0, 1.0]])
+    ha, hb = wi.similarity_images(a, b, 0, (2, 2), 8)
+    sims = torch.cat([wi.patch_similarity(a, 0), wi.patch_similarity(a, 0, b)])
+    lo, hi = float(sims.min()), float(sims.max())
+    assert ha.shape == hb.shape == (8, 8) and ha.dtype == np.float32
+    # one scale for both images: a's query patch is 1, b's least similar patch (-1) is 0
+    assert np.allclose(ha[:4, :4], 1.0) and np.allclose(hb[:4, :4], 0.0)
+    assert np.allclose(hb[4:, :4], (float(sims[6]) - lo) / (hi - lo))
+    assert np.allclose(ha[4:, 4:], (-1 / math.sqrt(1.25) - lo) / (hi - lo)) and ha.min() > 0.05  # not a's own min
+    pic = wi.outline_patch(np.zeros((16, 16, 3), np.uint8), (1, 2), (4, 4), color=(0, 255, 0))
+    border = np.zeros((16, 16), bool)
+    border[4:8, 8:12] = True
+    border[5:7, 9:11] = False  # only the patch's border pixels
+    assert np.array_equal((pic == (0, 255, 0)).all(-1), border) and (pic[~border] == 0).all()
+    tokens = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(0))
+
+    def blocks(a: np.ndarray) -> np.ndarray:  # [2, 2, 2(, 3)] per patch -> per pixel, 4x4 blocks
+        return np.repeat(np.repeat(a, 4, axis=1), 4, axis=2)
+
+    for thr in (None, 0.5):
+        pics = wi.pca_images(tokens, (2, 2), 8, foreground_threshold=thr)
+        rgb, fg = wi.pca_rgb(tokens, (2, 2), foreground_threshold=thr)
+        assert pics.shape == (2, 8, 8, 3) and pics.dtype == np.uint8
+        assert np.array_equal(pics, (blocks(rgb) * 255).round().astype(np.uint8))
+    assert not fg.all() and (pics[~blocks(fg)] == 0).all()  # background black
+
+
+def test_knn_correct_hand_built_leave_one_out():
+    # rows 0, 1 (class 0) and 2 (class 1) point right, rows 3, 4 (class 1) up; k = 2
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.1], [1.0, -0.2], [0.0, 1.0], [0.1, 1.0]])
+    y = np.array([0, 0, 1, 1, 1])
+    # row 2 without itself: its neighbours are rows 0 and 1 (class 0), so it is wrong; counting itself
+    # (similarity 1) it would outvote row 0 and look right
+    assert wi.knn_correct(x, y, k=2).tolist() == [True, True, False, True, True]
+
+
 def test_nearest_neighbors_hand_made_set_chunked():
     x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0], [0.7, 0.7], [1.0, -0.05]])
     idx, sim = wi.nearest_neighbors(x, [0, 2], k=3, chunk_size=2)
@@ -224,6 +281,50 @@ def test_png_and_pil_figure_export(tmp_path):
     png = wi.figure_to_png_pil(fig, 200, 100)
     pic = wi.images.decode_png(png)
     assert pic.shape == (100, 200, 3) and ((pic[..., 0] > 200) & (pic[..., 1] < 50)).any()
+
+
+def test_colors_from_plotly_scales_and_marker_round_trip():
+    d3 = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+    pal = wi.palette()
+    assert list(pal[:10]) == d3 and len(set(pal)) == 20 and wi.palette_rgb()[0] == (31, 119, 180)
+    assert wi.to_rgb("rgba(10.4, 20, 30, 0.5)") == (10, 20, 30) and wi.to_rgb("#FF0000") == (255, 0, 0)
+    assert wi.to_rgb("red") == (255, 0, 0) and wi.to_rgb(None) == (31, 119, 180) and wi.to_rgb("nope", (1, 2, 3)) == (1, 2, 3)
+    # colour maps: plotly's anchors at the ends, linear between them (Inferno's 10 anchors: 1/9 apart)
+    ends = (wi.colormap(np.array([0.0, 1.0, np.nan]), "inferno") * 255).round()
+    assert ends.tolist() == [[0, 0, 4], [252, 255, 164], [0, 0, 4]]
+    mid = wi.colormap(0.5 / 9, "Viridis") * 255
+    assert np.allclose(mid, (np.array([68, 1, 84]) + np.array([72, 40, 120])) / 2, atol=1e-3)
+    with pytest.raises(ValueError, match="unknown colour scale"):
+        wi.colormap(0.5, "no-such-scale")
+    # marker specs map back to the colours a viewer sees
+    assert wi.spec_colors(wi.color_spec(np.array([0, 3, 21, -1]))) == [pal[0], pal[3], pal[1], "#bbbbbb"]
+    assert wi.spec_colors(wi.color_spec(np.array([True, False]))) == ["#2ca02c", "#d62728"]
+    assert wi.spec_colors(wi.color_spec(np.array([0.0, 2.0, 1.0])))[:2] == ["#440154", "#fde725"]
+
+
+def test_png_export_through_kaleido_with_the_system_browser(tmp_path):
+    import os
+    import plotly.graph_objects as go
+
+    browser = wi.browser_path()
+    if browser is None:
+        pytest.skip("no Chrome/Chromium for kaleido (scripts/setup.sh installs chromium where apt is usable)")
+    env = dict(os.environ)
+    fig = go.Figure(go.Scatter(x=[0, 1, 2], y=[0, 1, 0], line=dict(color="#ff0000")))
+    assert wi.write_figure(fig, str(tmp_path / "k.png"), 240, 130) == "kaleido"
+    pic = wi.images.decode_png((tmp_path / "k.png").read_bytes())
+    assert pic.shape == (130, 240, 3) and ((pic[..., 0] > 200) & (pic[..., 1] < 50)).any()
+    assert dict(os.environ) == env  # the browser is passed to kaleido, not put in the environment
+
+
+def test_png_export_falls_back_to_pil_without_a_browser(tmp_path, monkeypatch):
+    import plotly.graph_objects as go
+
+    monkeypatch.setattr(wi.images, "browser_path", lambda: None)
+    fig = go.Figure(go.Scatter(x=[0, 1, 2], y=[0, 1, 0], line=dict(color="#ff0000")))
+    with pytest.warns(RuntimeWarning, match="no Chrome or Chromium"):
+        assert wi.write_figure(fig, str(tmp_path / "p.png"), 200, 100) == "pil"
+    assert wi.images.decode_png((tmp_path / "p.png").read_bytes()).shape == (100, 200, 3)
 
 
 def test_inspect_import_is_headless():

@@ -14,7 +14,8 @@ from plotly.callbacks import BoxSelector, InputDeviceState, Points
 
 from widgets import (AttentionViewer, AugmentationExplorer, EmbeddingExplorer, ReconstructionViewer, RunBrowser,
                      TrainingMonitor)
-from workbench.inspect.images import PALETTE, decode_png, png_bytes, to_hwc, upscale
+from workbench.inspect.colors import palette
+from workbench.inspect.images import decode_png, png_bytes, to_hwc, upscale
 from workbench.runs import Run
 
 STATE = InputDeviceState(ctrl=False, alt=False, shift=False, meta=False, button=0, buttons=1)
@@ -185,7 +186,7 @@ def test_embedding_explorer_hover_click_select_colour(tmp_path):
     feats, labels, imgs = _clustered()
     ex = EmbeddingExplorer(feats, imgs, labels, factors={"parity": labels % 2}, k=5, umap="off")
     trace = ex.fig.data[0]
-    assert trace.type == "scattergl" and ex.point_hex() == [PALETTE[int(v)] for v in labels]
+    assert trace.type == "scattergl" and ex.point_hex() == [palette()[int(v)] for v in labels]
     # hover shows that point's image
     trace._dispatch_on_hover(points([7], [0.0], [0.0]), STATE)
     assert ex.thumb.value == png_bytes(upscale(to_hwc(imgs[7]), 16)) and "#7" in ex.thumb_caption.value
@@ -204,7 +205,7 @@ def test_embedding_explorer_hover_click_select_colour(tmp_path):
     assert "Empty selection" in ex.gallery.value
     # colour dropdown
     ex.color_by.value = "factor: parity"
-    assert ex.point_hex() == [PALETTE[int(v) % 2] for v in labels]
+    assert ex.point_hex() == [palette()[int(v) % 2] for v in labels]
     ex.color_by.value = "kNN correct"
     assert set(ex.point_hex()) == {"#2ca02c"}  # well-separated clusters: all correct
     ex.color_by.value = ex.color_by.options[2]  # k-means

@@ -186,8 +186,8 @@ class AttentionViewer(WidgetBase):
     def render(self) -> bytes:
         """Compute the current view and update both panels; returns PNG bytes of the left panel."""
         from workbench.inspect.attention import CNN_VIEWS_HINT, attention_image
-        from workbench.inspect.patches import patch_index, patch_similarity, pca_rgb
-        from workbench.inspect.attention import to_grid, upsample
+        from workbench.inspect.images import composite, heat_rgba
+        from workbench.inspect.patches import outline_patch, patch_index, pca_images, similarity_images
 
         if self.backbone is None or self.images is None or not self.images_ok:
             raise ValueError(self.last_error or "no backbone or images")
@@ -213,28 +213,15 @@ class AttentionViewer(WidgetBase):
             titles = [f"image {i}: {label}", f"image {j}: {label}"]
         elif view == "patch similarity":
             ta, tb = self.tokens(i), self.tokens(j)
-            q = patch_index(*self.patch, self.grid)
-            sims = [patch_similarity(ta, q), patch_similarity(ta, q, tb)]
-            heats = [upsample(to_grid(s[None], self.grid), size, "nearest")[0].numpy() for s in sims]
-            lo, hi = min(h.min() for h in heats), max(h.max() for h in heats)
-            heats = [(h - lo) / max(hi - lo, 1e-12) for h in heats]
+            heats = similarity_images(ta, tb, patch_index(*self.patch, self.grid), self.grid, size)
             self.heat = heats[0]
-            pics = [overlay(img, h, self.opacity.value) for img, h in zip((img_a, img_b), heats)]
-            # outline the query patch
-            ph, pw = size // self.grid[0], size // self.grid[1]
-            r0, c0 = self.patch[0] * ph, self.patch[1] * pw
-            pics[0] = pics[0].copy()
-            pics[0][r0:r0 + ph, [c0, min(c0 + pw - 1, size - 1)]] = (0, 255, 0)
-            pics[0][[r0, min(r0 + ph - 1, size - 1)], c0:c0 + pw] = (0, 255, 0)
+            pics = [composite(img, heat_rgba(h, self.opacity.value)) for img, h in zip((img_a, img_b), heats)]
+            pics[0] = outline_patch(pics[0], self.patch, self.grid)
             titles = [f"image {i}: similarity to patch {self.patch}", f"image {j}: similarity to that patch"]
         elif view == "PCA":
             t = torch.stack([self.tokens(i), self.tokens(j)])
-            thr = self.pca_threshold.value or None
-            rgb, _ = pca_rgb(t, self.grid, foreground_threshold=thr)
-            ups = upsample(torch.from_numpy(rgb).permute(0, 3, 1, 2).reshape(-1, *self.grid), size, "nearest")
-            rgb_px = ups.reshape(2, 3, size, size).permute(0, 2, 3, 1).numpy()
-            self.heat = rgb_px[0]
-            pics = [(np.clip(p, 0, 1) * 255).round().astype(np.uint8) for p in rgb_px]
+            pics = list(pca_images(t, self.grid, size, self.pca_threshold.value or None))
+            self.heat = pics[0]
             titles = [f"image {i}: PCA of patch features", f"image {j}: PCA (joint fit)"]
         else:
             raise ValueError(f"unknown view {view!r}; choose one of {VIEWS}")

@@ -45,20 +45,27 @@ def uniformity(z: torch.Tensor, t: float = 2.0, max_points: int = 10000) -> floa
 @torch.no_grad()
 def weighted_knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                          k: int = 20, temperature: float = 0.07, num_classes: int | None = None,
-                         chunk_size: int = 1024) -> torch.Tensor:
+                         chunk_size: int = 1024, leave_one_out: bool = False) -> torch.Tensor:
     """DINO's weighted kNN: cosine similarity to the train set, top-k neighbours vote with exp(sim / T).
 
     train_features [N, D], train_labels int64 [N], test_features [M, D] -> class scores [M, num_classes].
+    ``leave_one_out``: the test rows are the train rows (M = N) and row i never votes for itself.
     Test rows are processed ``chunk_size`` at a time so memory stays O(chunk_size * N).
     """
+    if leave_one_out and test_features.shape[0] != train_features.shape[0]:
+        raise ValueError(f"leave_one_out needs the test rows to be the train rows, got {test_features.shape[0]} "
+                         f"test and {train_features.shape[0]} train rows")
     if num_classes is None:
         num_classes = int(train_labels.max()) + 1
     train = F.normalize(train_features.float(), dim=1)
     test = F.normalize(test_features.float(), dim=1)
-    k = min(k, train.shape[0])
+    k = min(k, train.shape[0] - int(leave_one_out))
     scores = torch.empty(test.shape[0], num_classes, dtype=torch.float32, device=test.device)
     for start in range(0, test.shape[0], chunk_size):
         sim = test[start:start + chunk_size] @ train.T
+        if leave_one_out:
+            rows = torch.arange(sim.shape[0], device=sim.device)
+            sim[rows, rows + start] = float("-inf")
         top_sim, top_idx = sim.topk(k, dim=1)
         weights = (top_sim / temperature).exp()
         votes = torch.zeros(sim.shape[0], num_classes, dtype=torch.float32, device=test.device)

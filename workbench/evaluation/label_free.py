@@ -3,8 +3,8 @@
 - RankMe, std of L2-normalised embeddings, alignment and uniformity: the implementations in
   ``workbench.metrics`` (shared with the engine's live monitors); alignment needs features of two
   augmented views of the same images (``view_features``, with the run's augmentation preset).
-- k-means on L2-normalised features (scikit-learn), scored against labels where they exist with NMI and ARI
-  (computed here from the contingency table; the tests check them against scikit-learn).
+- k-means on L2-normalised features (scikit-learn), scored against labels where they exist with NMI
+  (arithmetic-mean normaliser) and ARI, both scikit-learn's.
 - Silhouette score in a UMAP-reduced space (2-D and 10-D): UMAP (umap-learn, min_dist=0), k-means in the
   reduced space, silhouette of those clusters there. Lowe et al. 2024 ("An empirical study into clustering of
   unseen datasets with self-supervised encoders") find it tracks clustering quality without labels.
@@ -98,51 +98,6 @@ def view_features(encoder: nn.Module, dataset: ImageDataset, preset: str = "simc
 
 
 # -- clustering -------------------------------------------------------------------------------------------
-def _contingency(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    _, ai = np.unique(a, return_inverse=True)
-    _, bi = np.unique(b, return_inverse=True)
-    table = np.zeros((ai.max() + 1, bi.max() + 1), dtype=np.float64)
-    np.add.at(table, (ai, bi), 1)
-    return table
-
-
-def normalized_mutual_info(labels: Any, clusters: Any) -> float:
-    """NMI with the arithmetic-mean normaliser: I(a; b) / ((H(a) + H(b)) / 2); 1.0 when both are one class."""
-    a, b = np.asarray(labels).ravel(), np.asarray(clusters).ravel()
-    table = _contingency(a, b)
-    n = table.sum()
-    pa, pb = table.sum(1) / n, table.sum(0) / n
-    ha = -(pa * np.log(pa)).sum()
-    hb = -(pb * np.log(pb)).sum()
-    if table.shape[0] == 1 and table.shape[1] == 1:
-        return 1.0
-    if ha == 0 or hb == 0:
-        return 0.0
-    nz = table > 0
-    pij = table[nz] / n
-    mi = (pij * (np.log(pij) - np.log(np.outer(pa, pb)[nz]))).sum()
-    return float(max(mi, 0.0) / ((ha + hb) / 2))
-
-
-def adjusted_rand_index(labels: Any, clusters: Any) -> float:
-    """ARI (Hubert & Arabie) from the contingency table: 1 for identical partitions, ~0 for random ones."""
-    a, b = np.asarray(labels).ravel(), np.asarray(clusters).ravel()
-    table = _contingency(a, b)
-    n = table.sum()
-
-    def comb2(x: np.ndarray | float) -> np.ndarray | float:
-        return x * (x - 1) / 2
-
-    sum_ij = comb2(table).sum()
-    sum_a = comb2(table.sum(1)).sum()
-    sum_b = comb2(table.sum(0)).sum()
-    expected = sum_a * sum_b / comb2(n) if n > 1 else 0.0
-    max_index = (sum_a + sum_b) / 2
-    if max_index == expected:
-        return 1.0
-    return float((sum_ij - expected) / (max_index - expected))
-
-
 def kmeans_clusters(x: np.ndarray | torch.Tensor, n_clusters: int, seed: int = 0, n_init: int = 3) -> np.ndarray:
     """scikit-learn k-means cluster ids [N] of rows of x [N, D]."""
     from sklearn.cluster import KMeans
@@ -168,9 +123,12 @@ def kmeans_scores(features: FeatureSet | torch.Tensor, labels: torch.Tensor | No
     if z.shape[0] > max_points:
         keep = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points]
         z, labels = z[keep], labels[keep]
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
     clusters = kmeans_clusters(F.normalize(z, dim=1), n_clusters, seed)
     y = labels.cpu().numpy()
-    return {"kmeans_nmi": normalized_mutual_info(y, clusters), "kmeans_ari": adjusted_rand_index(y, clusters)}
+    return {"kmeans_nmi": float(normalized_mutual_info_score(y, clusters)),
+            "kmeans_ari": float(adjusted_rand_score(y, clusters))}
 
 
 def umap_silhouette(features: FeatureSet | torch.Tensor, n_clusters: int | None = None,

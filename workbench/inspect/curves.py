@@ -90,12 +90,12 @@ def curves_figure(runs: dict[str, Sequence[dict[str, Any]]], metrics: Sequence[s
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from workbench.inspect.images import PALETTE
+    from workbench.inspect.colors import palette
 
     rows = math.ceil(len(metrics) / cols)
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[CURVE_TITLES.get(m, m) for m in metrics])
     for i, (name, recs) in enumerate(runs.items()):
-        color = PALETTE[i % len(PALETTE)]
+        color = palette()[i % len(palette())]
         for j, m in enumerate(metrics):
             x, y = series(recs, m)
             fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers" if m == "knn_acc" or len(x) < 3 else "lines",

@@ -15,7 +15,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from workbench.inspect.images import PALETTE
+from workbench.inspect.colors import color_spec
+from workbench.inspect.pca import pca
+from workbench.metrics import weighted_knn_predict
+
+PCA_MAX_FIT = 20_000  # rows the 2-D and pre-UMAP PCAs are fitted on (about a second for 512-d features on 2 cores)
 
 
 def _as_tensor(x: Any) -> torch.Tensor:
@@ -33,42 +37,12 @@ def features_hash(features: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def pca_basis(features: Any, k: int, max_fit: int = 20_000, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean [D], top-``k`` principal directions [D, k]) of rows [N, D], fitted on at most ``max_fit`` rows
-    (a fixed random subset: the directions of 70k x 512 features in well under a second)."""
+def pca_2d(features: Any, max_fit: int = PCA_MAX_FIT) -> np.ndarray:
+    """First two principal-component coordinates [N, 2] of features [N, D] (:func:`~workbench.inspect.pca.pca`,
+    fitted on at most ``max_fit`` rows)."""
     x = _as_tensor(features)
-    fit = x
-    if x.shape[0] > max_fit:
-        fit = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:max_fit]]
-    mean = fit.mean(dim=0)
-    xc = fit - mean
-    return mean, top_eigenvectors((xc.T @ xc).double(), k).float()
-
-
-def top_eigenvectors(cov: torch.Tensor, k: int, oversample: int = 10, iters: int = 12, seed: int = 0) -> torch.Tensor:
-    """Top-``k`` eigenvectors [D, k] of a symmetric PSD matrix [D, D] by randomized subspace iteration (a few
-    [D, D] x [D, k + oversample] products and a small eigendecomposition: fast even where a full LAPACK
-    ``eigh`` is slow on a busy machine)."""
-    d = cov.shape[0]
-    m = min(d, k + oversample)
-    if d <= 64 or m >= d:
-        evals, evecs = torch.linalg.eigh(cov)
-        return evecs[:, torch.argsort(evals, descending=True)[:k]]
-    q = torch.randn(d, m, generator=torch.Generator().manual_seed(seed), dtype=cov.dtype)
-    for _ in range(iters):
-        q, _ = torch.linalg.qr(cov @ q)
-    evals, small = torch.linalg.eigh(q.T @ cov @ q)
-    return (q @ small)[:, torch.argsort(evals, descending=True)[:k]]
-
-
-def pca_2d(features: Any, max_fit: int = 20_000) -> np.ndarray:
-    """First two principal-component coordinates [N, 2] (directions fitted on at most ``max_fit`` rows)."""
-    x = _as_tensor(features)
-    mean, comps = pca_basis(x, 2, max_fit)
-    out = ((x - mean) @ comps).numpy().astype(np.float32)
-    if out.shape[1] < 2:
-        out = np.concatenate([out, np.zeros((out.shape[0], 2 - out.shape[1]), np.float32)], axis=1)
-    return out
+    mean, comps = pca(x, 2, max_fit)
+    return ((x - mean) @ comps).numpy().astype(np.float32)
 
 
 def umap_epochs(n: int) -> int:
@@ -94,7 +68,7 @@ def umap_2d(features: Any, n_neighbors: int = 15, min_dist: float = 0.1, n_epoch
     if n < 4:
         raise ValueError(f"UMAP needs at least 4 points, got {n}")
     if pca_dims is not None and x.shape[1] > pca_dims:
-        mean, comps = pca_basis(x, pca_dims)
+        mean, comps = pca(x, pca_dims, PCA_MAX_FIT)
         x = (x - mean) @ comps
     init = pca_2d(x).astype(np.float64)
     init = init / (np.abs(init).max() or 1.0) * 10.0
@@ -162,22 +136,13 @@ def nearest_neighbors(features: Any, queries: int | Sequence[int] | torch.Tensor
 
 def knn_correct(features: Any, labels: Any, k: int = 20, temperature: float = 0.07,
                 chunk_size: int = 1024) -> np.ndarray:
-    """Leave-one-out weighted kNN (DINO's vote, cosine, exp(sim / T)) of every point against all others:
-    bool [N], True where the predicted label equals the point's own."""
-    x = F.normalize(_as_tensor(features), dim=1)
+    """Leave-one-out weighted kNN (:func:`workbench.metrics.weighted_knn_predict`: DINO's vote, cosine,
+    exp(sim / T)) of every point of features [N, D] against all others: bool [N], True where the predicted
+    label equals the point's own int ``labels`` [N]."""
+    x = _as_tensor(features)
     y = torch.as_tensor(np.asarray(labels)).long()
-    n = x.shape[0]
-    k = min(k, n - 1)
-    c = int(y.max()) + 1
-    out = np.zeros(n, dtype=bool)
-    for start in range(0, n, chunk_size):
-        sim = x[start:start + chunk_size] @ x.T
-        rows = torch.arange(sim.shape[0])
-        sim[rows, rows + start] = float("-inf")
-        s, i = sim.topk(k, dim=1)
-        votes = torch.zeros(sim.shape[0], c).scatter_add_(1, y[i], (s / temperature).exp())
-        out[start:start + sim.shape[0]] = (votes.argmax(1) == y[start:start + sim.shape[0]]).numpy()
-    return out
+    scores = weighted_knn_predict(x, y, x, k, temperature, chunk_size=chunk_size, leave_one_out=True)
+    return (scores.argmax(1) == y).numpy()
 
 
 def kmeans_labels(features: Any, n_clusters: int = 10, seed: int = 0) -> np.ndarray:
@@ -191,71 +156,6 @@ def kmeans_labels(features: Any, n_clusters: int = 10, seed: int = 0) -> np.ndar
     else:
         km = KMeans(n_clusters=n_clusters, random_state=seed, n_init=3)
     return km.fit_predict(x).astype(np.int64)
-
-
-def category_colors(values: Any, palette: Sequence[str] = PALETTE) -> list[str]:
-    """Per-point hex colours of integer categories (negative = unlabeled, gray)."""
-    v = np.asarray(values).astype(np.int64)
-    pal = np.asarray(list(palette) + ["#bbbbbb"])
-    return pal[np.where(v < 0, len(palette), v % len(palette))].tolist()
-
-
-def continuous_colors(values: Any, cmap: str = "viridis") -> list[str]:
-    """Per-point hex colours of continuous values (min-max normalised through ``cmap``)."""
-    from workbench.inspect.images import colormap, minmax
-
-    rgb = (colormap(minmax(np.asarray(values, dtype=np.float32)), cmap) * 255).round().astype(int)
-    return [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in rgb]
-
-
-def point_colors(values: Any) -> list[str]:
-    """Colours for a colouring: integer or bool values -> categorical palette; float values -> viridis."""
-    v = np.asarray(values)
-    if v.dtype == bool:
-        return np.where(v, "#2ca02c", "#d62728").tolist()
-    if np.issubdtype(v.dtype, np.integer):
-        return category_colors(v)
-    return continuous_colors(v)
-
-
-def _discrete_scale(colors: Sequence[str]) -> list[list[Any]]:
-    n = len(colors)
-    out: list[list[Any]] = []
-    for i, c in enumerate(colors):
-        out += [[i / n, c], [(i + 1) / n, c]]
-    return out
-
-
-def color_spec(values: Any) -> dict[str, Any]:
-    """Plotly marker settings colouring points by ``values`` with a numeric array (fast to send and validate
-    for 70k points, unlike per-point colour strings): integers -> categories of :data:`PALETTE` (code
-    ``v % 20``; negative = unlabeled, gray), bools -> red (False) / green (True), floats -> Viridis."""
-    v = np.asarray(values)
-    if v.dtype == bool:
-        return dict(color=v.astype(np.int64), colorscale=_discrete_scale(["#d62728", "#2ca02c"]), cmin=-0.5,
-                    cmax=1.5, showscale=False)
-    if np.issubdtype(v.dtype, np.integer):
-        codes = np.where(v < 0, len(PALETTE), v % len(PALETTE)).astype(np.int64)
-        return dict(color=codes, colorscale=_discrete_scale(list(PALETTE) + ["#bbbbbb"]), cmin=-0.5,
-                    cmax=len(PALETTE) + 0.5, showscale=False)
-    return dict(color=v.astype(np.float32), colorscale="Viridis", cmin=float(np.nanmin(v)), cmax=float(np.nanmax(v)),
-                showscale=True)
-
-
-def spec_colors(marker: Any) -> list[str]:
-    """Per-point hex colours that a marker's numeric colours map to through its discrete colour scale (the
-    colours a viewer sees); continuous scales fall back to viridis."""
-    color = np.asarray(marker["color"] if isinstance(marker, dict) else marker.color)
-    scale = marker["colorscale"] if isinstance(marker, dict) else marker.colorscale
-    cmin = float(marker["cmin"] if isinstance(marker, dict) else marker.cmin)
-    cmax = float(marker["cmax"] if isinstance(marker, dict) else marker.cmax)
-    if isinstance(scale, str) or scale is None or not np.issubdtype(color.dtype, np.number):
-        return continuous_colors(color)
-    stops = [(float(p), c) for p, c in scale]
-    pos = (color.astype(np.float64) - cmin) / max(cmax - cmin, 1e-12)
-    n = len(stops) // 2
-    idx = np.clip((pos * n).astype(int), 0, n - 1)
-    return [stops[2 * i][1] for i in idx]
 
 
 def scatter_figure(coords: np.ndarray, colors: Any = None, hover: Sequence[str] | None = None,

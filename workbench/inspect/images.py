@@ -13,6 +13,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from workbench.inspect.colors import colormap, spec_colors, to_rgb
+
 
 def to_hwc(image: torch.Tensor | np.ndarray) -> np.ndarray:
     """One image uint8/float [C, H, W] tensor (or HWC/HW numpy) -> uint8 [H, W, 3] RGB (gray repeated)."""
@@ -109,28 +111,7 @@ def thumbnail_uri(image: torch.Tensor | np.ndarray, size: int = 64) -> str:
     return data_uri(png_bytes(upscale(arr, max(1, size // max(arr.shape[:2])))))
 
 
-# ----------------------------------------------------------------------------------- colour maps, compositing
-_CMAPS = {  # anchor colours (evenly spaced in [0, 1]) of perceptual maps, linearly interpolated
-    "inferno": [(0, 0, 4), (40, 11, 84), (101, 21, 110), (159, 42, 99), (212, 72, 66), (245, 125, 21),
-                (250, 193, 39), (252, 255, 164)],
-    "viridis": [(68, 1, 84), (70, 50, 126), (54, 92, 141), (39, 127, 142), (31, 161, 135), (74, 193, 109),
-                (160, 218, 57), (253, 231, 37)],
-    "jet": [(0, 0, 128), (0, 0, 255), (0, 128, 255), (0, 255, 255), (128, 255, 128), (255, 255, 0),
-            (255, 128, 0), (255, 0, 0)],
-}
-
-
-def colormap(values: np.ndarray, name: str = "inferno") -> np.ndarray:
-    """Values in [0, 1] (any shape) -> float RGB in [0, 1] of shape [..., 3] through the named colour map."""
-    if name not in _CMAPS:
-        raise ValueError(f"colormap: unknown map {name!r}; known: {sorted(_CMAPS)}")
-    anchors = np.asarray(_CMAPS[name], dtype=np.float32) / 255.0
-    v = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float32)), 0, 1) * (len(anchors) - 1)
-    lo = np.floor(v).astype(int).clip(0, len(anchors) - 2)
-    frac = (v - lo)[..., None]
-    return anchors[lo] * (1 - frac) + anchors[lo + 1] * frac
-
-
+# ----------------------------------------------------------------------------------- heat maps, compositing
 def minmax(x: np.ndarray | torch.Tensor, axis: Any = None) -> np.ndarray:
     """Min-max normalisation to [0, 1] (over ``axis``; constant input -> zeros)."""
     a = np.asarray(x.detach().cpu().float() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
@@ -174,26 +155,10 @@ def mask_overlay(image: np.ndarray | torch.Tensor, mask: np.ndarray, color: Sequ
 
 
 # ----------------------------------------------------------------------------------- plotly figure -> PIL PNG
-def _hex_to_rgb(c: Any, default: tuple[int, int, int] = (31, 119, 180)) -> tuple[int, int, int]:
-    if isinstance(c, str):
-        s = c.strip()
-        if s.startswith("#") and len(s) == 7:
-            return tuple(int(s[i:i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
-        if s.startswith("rgb"):
-            parts = s[s.index("(") + 1:s.index(")")].split(",")
-            return tuple(int(float(p)) for p in parts[:3])  # type: ignore[return-value]
-    return default
-
-
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354",
-           "#756bb1", "#636363"]
-
-
 def figure_to_png_pil(fig: Any, width: int = 900, height: int = 600) -> bytes:
     """Render a plotly figure's image, scatter and line traces with PIL -> PNG bytes.
 
-    A fallback for ``fig.write_image`` where kaleido or Chrome is missing: axes are placed from the layout's
+    The fallback of :func:`write_figure` where no browser can run kaleido: axes are placed from the layout's
     domains, data ranges from the traces; titles and subplot titles are drawn as text; no ticks or legends.
     """
     from PIL import Image, ImageDraw
@@ -252,8 +217,8 @@ def figure_to_png_pil(fig: Any, width: int = 900, height: int = 600) -> bytes:
         py = box[3] - 4 - (ys - ly) / ((hy - ly) or 1) * (bh - 8)
         marker = getattr(trace, "marker", None)
         colors = getattr(marker, "color", None) if marker is not None else None
-        line_color = _hex_to_rgb(getattr(getattr(trace, "line", None), "color", None),
-                                 _hex_to_rgb(colors if isinstance(colors, str) else None))
+        line_color = to_rgb(getattr(getattr(trace, "line", None), "color", None),
+                            to_rgb(colors if isinstance(colors, str) else None))
         mode = trace.mode or "lines"
         if "lines" in mode:
             pts = [(float(a), float(b)) for a, b, k in zip(px, py, ok) if k]
@@ -262,26 +227,32 @@ def figure_to_png_pil(fig: Any, width: int = 900, height: int = 600) -> bytes:
         if "markers" in mode:
             per_point = colors if isinstance(colors, (list, tuple, np.ndarray)) and len(colors) == len(xs) else None
             if per_point is not None and not isinstance(per_point[0], str):
-                from workbench.inspect.embedding import spec_colors
-
                 per_point = spec_colors(marker)
             r = 1 if len(xs) > 2000 else 2
             for i in np.flatnonzero(ok):
-                c = _hex_to_rgb(per_point[i]) if per_point is not None else line_color
+                c = to_rgb(per_point[i]) if per_point is not None else line_color
                 draw.ellipse((px[i] - r, py[i] - r, px[i] + r, py[i] + r), fill=c)
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()
 
 
+def browser_path() -> str | None:
+    """The Chrome/Chromium that kaleido drives, found as choreographer finds it (``BROWSER_PATH`` if the user
+    set it, then PATH and the usual install paths such as /usr/bin/chromium, then kaleido's own download);
+    None where there is none."""
+    from choreographer.browsers import Chromium
+
+    return Chromium.find_browser(skip_local=False)
+
+
 def write_figure(fig: Any, path: str, width: int = 900, height: int = 600) -> str:
     """Write a plotly figure to ``.html`` (self-contained, needs nothing) or ``.png``; returns how.
 
-    PNG: plotly + kaleido (needs Chrome/Chromium; ``/usr/bin/chromium`` is tried) -> "kaleido"; where kaleido or
-    the browser is unavailable, the figure's images and curves are drawn with PIL -> "pil" (silently when kaleido is
-    not installed, with a warning when it is installed but fails).
+    PNG: kaleido renders it in the browser of :func:`browser_path` (passed to kaleido as its browser path; the
+    process environment is left alone) -> "kaleido". Where no browser exists, or it does not start, a
+    RuntimeWarning says so and :func:`figure_to_png_pil` draws the figure's images and curves -> "pil".
     """
-    import os
     import warnings
     from pathlib import Path
 
@@ -294,19 +265,21 @@ def write_figure(fig: Any, path: str, width: int = 900, height: int = 600) -> st
         return "html"
     if suffix != ".png":
         raise ValueError(f"save: unsupported file type {suffix!r} for {path}; use .html or .png")
-    try:
-        import kaleido  # noqa: F401
-    except ImportError:  # the expected case without the optional kaleido: the PIL renderer, silently
-        atomic_write_bytes(p, figure_to_png_pil(fig, width, height))
-        return "pil"
-    try:
-        if "BROWSER_PATH" not in os.environ and os.path.exists("/usr/bin/chromium"):
-            os.environ["BROWSER_PATH"] = "/usr/bin/chromium"
-        data = fig.to_image(format="png", width=width, height=height)
-        atomic_write_bytes(p, data)
-        return "kaleido"
-    except Exception as e:  # kaleido installed but no usable browser: say so, then compose with PIL
-        warnings.warn(f"PNG export through kaleido failed ({type(e).__name__}: {str(e)[:120]}); "
-                      f"wrote {p.name} with the PIL renderer instead", RuntimeWarning, stacklevel=2)
-        atomic_write_bytes(p, figure_to_png_pil(fig, width, height))
-        return "pil"
+    browser = browser_path()
+    if browser is not None:
+        import kaleido
+        from choreographer.browsers import BrowserDepsError, BrowserFailedError
+
+        try:
+            data = kaleido.calc_fig_sync(fig, opts=dict(format="png", width=width, height=height, scale=1),
+                                         kopts=dict(path=browser))
+            atomic_write_bytes(p, data)
+            return "kaleido"
+        except (BrowserFailedError, BrowserDepsError) as e:
+            why = f"the browser {browser} did not start ({type(e).__name__}: {str(e)[:120]})"
+    else:
+        why = "no Chrome or Chromium was found (install chromium, or run kaleido_get_chrome)"
+    warnings.warn(f"PNG export through kaleido impossible: {why}; wrote {p.name} with the PIL renderer "
+                  f"(images and curves only)", RuntimeWarning, stacklevel=2)
+    atomic_write_bytes(p, figure_to_png_pil(fig, width, height))
+    return "pil"

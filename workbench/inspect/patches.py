@@ -1,6 +1,7 @@
 """Patch-level views that work for every backbone (ViT patch tokens or a CNN's last feature map):
 cosine similarity of every patch to a chosen one (also across a second image), and the DINOv2-style
-PCA-of-patch-features image (first three components as RGB, optional foreground threshold).
+PCA-of-patch-features image (first three components as RGB, optional foreground threshold); each also as
+pixel images at the input size, ready to show.
 """
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from workbench.inspect.attention import check_image_size
+from workbench.inspect.attention import check_image_size, to_grid, upsample
+from workbench.inspect.images import minmax
+from workbench.inspect.pca import pca
+from workbench.inspect.views import draw_boxes
 
 
 @torch.no_grad()
@@ -48,23 +52,6 @@ def patch_similarity(tokens: torch.Tensor, index: int, target_tokens: torch.Tens
     return F.normalize(target.float(), dim=1) @ q
 
 
-def _pca(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-``k`` principal directions of rows x [N, D]: (mean [D], components [k, D], projections [N, k]).
-    Each component's sign is fixed so its largest-magnitude projection is positive (deterministic colours)."""
-    mean = x.mean(dim=0)
-    xc = x - mean
-    xd = xc.numpy().astype(np.float64)
-    evals, evecs = np.linalg.eigh(xd.T @ xd)
-    comps = torch.from_numpy(evecs[:, np.argsort(evals)[::-1][:k]].T.copy()).float()
-    if comps.shape[0] < k:
-        comps = torch.cat([comps, torch.zeros(k - comps.shape[0], x.shape[1])])
-    proj = xc @ comps.T
-    idx = proj.abs().argmax(dim=0)
-    sign = torch.sign(proj[idx, torch.arange(k)])
-    sign[sign == 0] = 1
-    return mean, comps * sign[:, None], proj * sign
-
-
 def pca_rgb(tokens: torch.Tensor, grid: tuple[int, int], foreground_threshold: float | None = None,
             foreground_above: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """DINOv2's PCA picture of patch tokens [B, L, D] (one PCA fitted jointly over all images' patches).
@@ -81,15 +68,46 @@ def pca_rgb(tokens: torch.Tensor, grid: tuple[int, int], foreground_threshold: f
     x = tokens.reshape(b * L, d).float()
     fg = torch.ones(b * L, dtype=torch.bool)
     if foreground_threshold is not None:
-        _, _, proj = _pca(x, 1)
-        first = proj[:, 0]
+        mean, comps = pca(x, 1)
+        first = ((x - mean) @ comps)[:, 0]
         first = (first - first.min()) / (first.max() - first.min()).clamp_min(1e-12)
         fg = first > foreground_threshold if foreground_above else first < foreground_threshold
     rgb = torch.zeros(b * L, 3)
     if int(fg.sum()) >= 2:
-        _, _, proj = _pca(x[fg], 3)
+        mean, comps = pca(x[fg], 3)
+        proj = (x[fg] - mean) @ comps
         lo, hi = proj.min(dim=0).values, proj.max(dim=0).values
         rgb[fg] = (proj - lo) / (hi - lo).clamp_min(1e-12)
     elif int(fg.sum()) == 1:
         rgb[fg] = 0.5
     return rgb.reshape(b, h, w, 3).numpy(), fg.reshape(b, h, w).numpy()
+
+
+def similarity_images(tokens_a: torch.Tensor, tokens_b: torch.Tensor, query: int, grid: tuple[int, int],
+                      image_size: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarity of patch ``query`` of image a (tokens [L, D]) to every patch of image a and of image b
+    (tokens [L, D], same grid), as two float32 heat maps [H, W] at ``image_size`` (nearest: one block per patch),
+    min-max normalised on one scale across both images (so the brighter image is the more similar one)."""
+    sims = torch.stack([patch_similarity(tokens_a, query), patch_similarity(tokens_a, query, tokens_b)])
+    heats = minmax(upsample(to_grid(sims, grid), image_size, "nearest"))
+    return heats[0], heats[1]
+
+
+def outline_patch(picture: np.ndarray, patch: tuple[int, int], grid: tuple[int, int],
+                  color: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
+    """A copy of the uint8 picture [H, W, 3] with a 1-pixel ``color`` outline on the border pixels of patch
+    (row, col) of ``grid`` (the query patch of the similarity view)."""
+    (h, w), (H, W) = grid, picture.shape[:2]
+    ph, pw = H // h, W // w
+    return draw_boxes(picture, [(patch[0] * ph, patch[1] * pw, ph, pw)], colors=[color], width=1)
+
+
+def pca_images(tokens: torch.Tensor, grid: tuple[int, int], image_size: int | tuple[int, int],
+               foreground_threshold: float | None = None) -> np.ndarray:
+    """:func:`pca_rgb` of patch tokens [B, L, D] (one joint fit) as uint8 pictures [B, H, W, 3] at
+    ``image_size`` (nearest: one block per patch; background black under a foreground threshold)."""
+    rgb, _ = pca_rgb(tokens, grid, foreground_threshold)
+    b, h, w, _ = rgb.shape
+    px = upsample(torch.from_numpy(rgb).permute(0, 3, 1, 2).reshape(b * 3, h, w), image_size, "nearest")
+    px = px.reshape(b, 3, *px.shape[-2:]).permute(0, 2, 3, 1)
+    return (px.clamp(0, 1) * 255).round().to(torch.uint8).numpy()

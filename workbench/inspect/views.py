@@ -9,9 +9,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from workbench.inspect.images import PALETTE, _hex_to_rgb, denormalize, image_grid, mask_overlay, to_hwc, upscale
-
-BOX_COLORS = [_hex_to_rgb(c) for c in PALETTE]
+from workbench.inspect.colors import palette_rgb
+from workbench.inspect.images import denormalize, image_grid, mask_overlay, to_hwc, upscale
 
 
 def caption(params: dict[str, torch.Tensor], i: int) -> str:
@@ -41,9 +40,12 @@ def caption(params: dict[str, torch.Tensor], i: int) -> str:
 
 
 def draw_boxes(image: np.ndarray, boxes: Sequence[Sequence[int]], zoom: int = 1,
-               colors: Sequence[tuple[int, int, int]] = BOX_COLORS, width: int = 2) -> np.ndarray:
-    """Draw (top, left, height, width) boxes (input pixels) on a uint8 HWC image zoomed by ``zoom``."""
+               colors: Sequence[tuple[int, int, int]] | None = None, width: int = 2) -> np.ndarray:
+    """Draw (top, left, height, width) boxes (input pixels) on a uint8 HWC image zoomed by ``zoom``, box j in
+    colors[j] (default: the categorical palette)."""
     from PIL import Image, ImageDraw
+
+    colors = colors or palette_rgb()
 
     pil = Image.fromarray(upscale(to_hwc(image), zoom))
     d = ImageDraw.Draw(pil)
@@ -125,11 +127,11 @@ def ijepa_mask_images(images: torch.Tensor, patch_size: int, seed: int = 0, zoom
     bm = multiblock_masks(b, grid, torch.Generator().manual_seed(int(seed)), **mask_options)
     ctx = torch.zeros(b, L).scatter_(1, bm.context, 1.0)
     ctx_px = patch_mask_pixels(ctx, grid, (H, W))
-    out = []
+    out, pal = [], palette_rgb()
     for i in range(b):
-        pic = mask_overlay(images[i], ctx_px[i] > 0.5, (31, 119, 180), 0.45)
+        pic = mask_overlay(images[i], ctx_px[i] > 0.5, pal[0], 0.45)
         for t in range(bm.targets.shape[1]):
             tm = torch.zeros(1, L).scatter_(1, bm.targets[i:i + 1, t], 1.0)
-            pic = mask_overlay(pic, patch_mask_pixels(tm, grid, (H, W))[0] > 0.5, BOX_COLORS[(t + 1) % 10], 0.55)
+            pic = mask_overlay(pic, patch_mask_pixels(tm, grid, (H, W))[0] > 0.5, pal[(t + 1) % len(pal)], 0.55)
         out.append(upscale(pic, zoom))
     return out, bm
