@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workbench.evaluation import (FeatureSet, class_balanced_subset, factor_probes, fit_logistic, kmeans_scores,
+from workbench.trained import FeatureSet
+from workbench.evaluation import (class_balanced_subset, factor_probes, fit_logistic, kmeans_scores,
                                 knn_eval, label_free_metrics, linear_probe, ridge_r2, topk_accuracy)
 from workbench.evaluation.linear import standardize_stats
 from workbench.metrics import alignment, normalized_std, rankme, uniformity, weighted_knn_predict

@@ -1,6 +1,6 @@
 """The house rules of the code layout, read from the source: imports only point down the layers, no module
 imports itself back through another (at module level or inside a function), and the headless core pulls no
-UI library at import time."""
+UI library (nor umap-learn) at import time."""
 from __future__ import annotations
 
 import ast
@@ -115,6 +115,6 @@ def test_widgets_never_reach_the_engine():
 def test_headless_core_imports_no_ui_library():
     code = ("import sys, workbench, workbench.trained, workbench.evaluation, workbench.inspect, "
             "workbench.experiments, workbench.cli; "
-            "print(sorted(m for m in ('ipywidgets', 'IPython', 'plotly') if m in sys.modules))")
+            "print(sorted(m for m in ('ipywidgets', 'IPython', 'plotly', 'umap') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

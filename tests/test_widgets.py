@@ -297,7 +297,7 @@ def test_run_browser_filter_sort_select(tmp_path):
     rb = RunBrowser(tmp_path)
     assert list(rb.shown["run"]) == ["run0-simclr", "run1-byol", "run2-dino"]
     assert list(rb.shown["epochs"]) == [3, 4, 5] and "linear_acc" in rb.table.columns
-    rb.sort.value = "knn_acc"
+    rb.sort.value = "pretrain_knn_acc"
     rb.descending.value = True
     assert list(rb.select.options) == ["run1-byol", "run2-dino", "run0-simclr"]
     rb.filter.value = "DINO"

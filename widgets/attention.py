@@ -2,7 +2,6 @@
 patch-similarity map (click a patch; also across a second image) and the PCA-of-patch-features image."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import ipywidgets as W
@@ -16,33 +15,11 @@ VIEWS = ("attention", "rollout", "attention mask", "patch similarity", "PCA")
 VIT_ONLY = ("attention", "rollout", "attention mask")
 
 
-def resolve_backbone(source: Any, checkpoint: str = "last") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """(backbone in eval mode, info) from a Run / run folder / checkpoint path, a (backbone, info) pair, or a
-    Backbone module (info empty)."""
-    from workbench.runs import Run
-
-    if isinstance(source, tuple) and len(source) == 2:
-        return source[0].eval(), dict(source[1])
-    if isinstance(source, (Run, str, Path)):
-        from workbench.train import load_pretrained
-
-        return load_pretrained(source, checkpoint)
-    if isinstance(source, torch.nn.Module):
-        return source.eval(), {}
-    raise ValueError(f"expected a run (Run or folder), a checkpoint path or a backbone, got {type(source).__name__}")
-
-
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images, in [0, 1] units (used when a bare backbone has no recorded ones)."""
-    x = images.float().div(255).transpose(0, 1).reshape(images.shape[1], -1)
-    return tuple(x.mean(1).tolist()), tuple(x.std(1).clamp_min(1e-3).tolist())
-
-
 class AttentionViewer(WidgetBase):
     """Attention and patch views of ``images`` under a pretrained backbone.
 
-    ``source``: a run (Run or folder; backbone and normalisation from its checkpoint), a (backbone, info) pair or
-    a Backbone. ``images``: ImageDataset or uint8 [N, C, H, W] at the backbone's image size. Views: ``attention``
+    ``source``: anything ``workbench.trained.load_trained`` takes (a run folder or Run, a checkpoint, a Method,
+    a (backbone, info) pair, a backbone); its recorded normalisation is used unless ``mean``/``std`` are given. ``images``: ImageDataset or uint8 [N, C, H, W] at the backbone's image size. Views: ``attention``
     (CLS-to-patch attention of a layer and head or the mean over heads), ``rollout`` (all layers),
     ``attention mask`` (DINO: the patches holding ``share`` of the mass) — ViT only; ``patch similarity`` (click
     a patch of the left image; cosine similarity of every patch of the left and right image to it) and ``PCA``
@@ -79,7 +56,10 @@ class AttentionViewer(WidgetBase):
         self.widget.add_class("wb-attention-viewer")  # CSS hooks for the browser test (tests/test_browser.py)
         self.fig.add_class("wb-attention-plot")
         try:
-            self.backbone, self.info = resolve_backbone(source, checkpoint)
+            from workbench.trained import load_trained
+
+            self.trained = load_trained(source, checkpoint)
+            self.backbone, self.info = self.trained.backbone, self.trained.info
             self.images = as_images(images)
         except Exception as e:
             self.show_error(str(e))
@@ -89,17 +69,12 @@ class AttentionViewer(WidgetBase):
         n = self.images.shape[0]
         self.index.max = self.second.max = n - 1
         self.second.value = min(1, n - 1)
-        if mean is None or std is None:
-            rec_mean, rec_std = self.info.get("mean"), self.info.get("std")
-            if rec_mean is not None and rec_std is not None:
-                mean, std = tuple(rec_mean), tuple(rec_std)
-            else:
-                mean, std = channel_stats(self.images)
-        self.mean, self.std = mean, std
+        rec_mean, rec_std = self.trained.stats(self.images.shape[1])
+        self.mean, self.std = tuple(mean or rec_mean), tuple(std or rec_std)
         self.zoom = zoom or max(1, 160 // self.images.shape[-1])
         self.is_vit = getattr(self.backbone, "kind", None) == "vit"
         if self.is_vit:
-            self.layer.max = len(self.backbone.vit.blocks) - 1
+            self.layer.max = self.backbone.num_layers - 1
             self.layer.value = self.layer.max
             self.head.options = ["mean"] + list(range(self.backbone.num_heads))
         else:
@@ -200,7 +175,7 @@ class AttentionViewer(WidgetBase):
                 self.pictures = [upscale(img_a, self.zoom), upscale(img_b, self.zoom)]
                 self._show(titles)
                 raise ValueError(f"the '{view}' view needs a ViT; this run's backbone is a "
-                                 f"{self.info.get('backbone', type(self.backbone).__name__)} (CNN): {CNN_VIEWS_HINT}")
+                                 f"{self.trained.backbone_name or type(self.backbone).__name__} (CNN): {CNN_VIEWS_HINT}")
             kind = {"attention": "attention", "rollout": "rollout", "attention mask": "mask"}[view]
             grid = self.backbone.grid
             heats = [attention_image(self.maps(k), grid, size, kind, layer=self.layer.value, head=self.head.value,

@@ -19,7 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from workbench.data.base import ImageDataset
-from workbench.evaluation.features import FeatureSet, resolve_device
+from workbench.models.encode import encode
+from workbench.trained import FeatureSet
 from workbench.metrics import alignment, normalized_std, rankme, uniformity
 
 
@@ -43,37 +44,18 @@ def label_free_metrics(features: FeatureSet | torch.Tensor,
     return out
 
 
-@torch.no_grad()
-def encode_views(encoder: nn.Module, views: torch.Tensor, batch_size: int = 256,
-                 device: str | torch.device = "auto") -> torch.Tensor:
-    """Encode already-normalised float images [N, C, h, w] -> float32 [N, D] (no grad, eval mode)."""
-    dev = resolve_device(device)
-    was_training = encoder.training
-    params = list(encoder.parameters())
-    home = params[0].device if params else torch.device("cpu")
-    encoder.eval().to(dev)
-    try:
-        out = []
-        for i in range(0, views.shape[0], batch_size):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                out.append(encoder(views[i:i + batch_size].to(dev)).float().cpu())
-    finally:
-        encoder.to(home).train(was_training)
-    return torch.cat(out)
-
-
 def view_pairs(dataset: ImageDataset, preset: str = "simclr", mean: Sequence[float] | None = None,
                std: Sequence[float] | None = None, overrides: dict[str, Any] | None = None, n: int = 1024,
                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Two augmented views (the preset's first two, i.e. global, views) of ``n`` seeded-random images of
     ``dataset`` -> (v1, v2) normalised float [n, C, s, s], from workbench.augment's ``make_preset`` and
     ``generate_views`` with a seeded generator. Draw once, encode with every model being compared."""
-    from workbench.augment import generate_views, make_preset
+    from workbench.augment import channel_values, generate_views, make_preset
+    from workbench.trained import DEFAULT_MEAN, DEFAULT_STD
 
-    from workbench.evaluation.features import _channel_stats
     chans = dataset.images.shape[1]
-    mean_t = _channel_stats(mean, chans, 0.5, "mean")
-    std_t = _channel_stats(std, chans, 0.5, "std")
+    mean_t = channel_values(DEFAULT_MEAN if mean is None else mean, chans, "mean")
+    std_t = channel_values(DEFAULT_STD if std is None else std, chans, "std")
     cfg = make_preset(preset, dataset.images.shape[-1], mean=mean_t, std=std_t, **(overrides or {}))
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(dataset), generator=g)[:n]
@@ -94,7 +76,7 @@ def view_features(encoder: nn.Module, dataset: ImageDataset, preset: str = "simc
     ``device`` are ignored).
     """
     v1, v2 = pairs if pairs is not None else view_pairs(dataset, preset, mean, std, overrides, n, seed)
-    return encode_views(encoder, v1, device=device), encode_views(encoder, v2, device=device)
+    return encode(encoder, v1, device=device), encode(encoder, v2, device=device)
 
 
 # -- clustering -------------------------------------------------------------------------------------------

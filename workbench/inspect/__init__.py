@@ -8,8 +8,8 @@ from workbench.inspect.attention import (CNN_VIEWS_HINT, NotAViTError, attention
                                          attention_rollout, attention_share, check_image_size, check_vit,
                                          cls_attention, head_attention, patch_fractions, threshold_mass, to_grid,
                                          upsample)
-from workbench.inspect.curves import (CURVE_METRICS, CollapseStatus, collapse_status, curves_figure, run_row,
-                                      runs_table, series, split_records)
+from workbench.inspect.curves import (CURVE_METRICS, CollapseStatus, collapse_status, curves_figure, series,
+                                      split_records)
 from workbench.inspect.colors import color_spec, colormap, palette, palette_rgb, spec_colors, to_rgb
 from workbench.inspect.embedding import (embedding_2d, features_hash, kmeans_labels, knn_correct, nearest_neighbors,
                                          pca_2d, scatter_figure, umap_2d)
@@ -26,7 +26,7 @@ __all__ = [
     "CNN_VIEWS_HINT", "NotAViTError", "attention_image", "attention_maps", "attention_rollout", "attention_share",
     "check_image_size", "check_vit", "cls_attention", "head_attention", "patch_fractions", "threshold_mass",
     "to_grid", "upsample",
-    "CURVE_METRICS", "CollapseStatus", "collapse_status", "curves_figure", "run_row", "runs_table", "series",
+    "CURVE_METRICS", "CollapseStatus", "collapse_status", "curves_figure", "series",
     "split_records", "color_spec", "colormap", "palette", "palette_rgb", "spec_colors", "to_rgb",
     "embedding_2d", "features_hash", "kmeans_labels", "knn_correct", "nearest_neighbors", "pca_2d", "scatter_figure",
     "umap_2d", "browser_path", "composite", "data_uri", "denormalize", "figure_to_png_pil", "heat_rgba",

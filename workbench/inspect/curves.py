@@ -1,5 +1,5 @@
 """Training curves from metrics.jsonl records (loss, lr, kNN accuracy, RankMe, embedding std), the collapse
-rule, run tables for the run browser, and curve figures (single run or overlaid runs).
+rule, and curve figures (single run or overlaid runs).
 
 Collapse rule (:func:`collapse_status`), on the median of the last ``window`` step records:
 - **std**: the per-dimension std of L2-normalised embeddings is about 1/sqrt(D) when they spread over the
@@ -110,35 +110,3 @@ def curves_figure(runs: dict[str, Sequence[dict[str, Any]]], metrics: Sequence[s
     fig.update_layout(title=title, height=280 * rows, margin=dict(l=40, r=10, t=60, b=30))
     fig.update_xaxes(title_text="step")
     return fig
-
-
-def run_row(run: Any) -> dict[str, Any]:
-    """One table row of a Run: name, method, data, backbone, epochs, status, and key summary metrics."""
-    cfg, summ, status = run.config, run.summary, run.status
-    train = cfg.get("train", {}) if isinstance(cfg.get("train"), dict) else {}
-    data = cfg.get("data", {})
-    model = cfg.get("model", {})
-    pre = summ.get("pretrain", {}) if isinstance(summ.get("pretrain"), dict) else {}
-    row = {
-        "run": run.path.name,
-        "method": cfg.get("method", ""),
-        "data": data.get("name", "") if isinstance(data, dict) else str(data),
-        "backbone": model.get("backbone", "") if isinstance(model, dict) else str(model),
-        "epochs": train.get("epochs"),
-        "status": status.get("status", ""),
-        "knn_acc": summ.get("pretrain_knn_acc", pre.get("knn_acc")),
-        "train_loss": pre.get("train_loss"),
-    }
-    for k, v in summ.items():  # flat numeric summary values (evaluation results) become columns
-        if k not in row and isinstance(v, (int, float)) and not isinstance(v, bool):
-            row[k] = v
-    return row
-
-
-def runs_table(runs: Sequence[Any]) -> Any:
-    """pandas DataFrame of :func:`run_row` for each run (one row per run folder)."""
-    import pandas as pd
-
-    cols = ["run", "method", "data", "backbone", "epochs", "status", "knn_acc", "train_loss"]
-    df = pd.DataFrame([run_row(r) for r in runs])
-    return df if len(df) else pd.DataFrame(columns=cols)
