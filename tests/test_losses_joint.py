@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from workbench.config import ConfigError
-from workbench.methods import Batch, Progress, build_method, cosine_momentum, ema_update
+from workbench.methods import Batch, Progress, Recipe, build_method, cosine_momentum, ema_update
 from workbench.methods import barlow_twins as bt_mod
 from workbench.methods import mocov3 as moco_mod
 from workbench.methods import simclr as simclr_mod
@@ -299,7 +299,7 @@ def test_defaults_build_the_recipe_heads(name):
     expected = {"simclr": 256, "mocov3": 256, "byol": 256, "simsiam": 2048, "barlow_twins": 2048, "vicreg": 2048}
     z = method.projector(torch.randn(4, method.backbone.feature_dim))
     assert z.shape == (4, expected[name])
-    assert method.recipe["optimizer"] in ("lars", "adamw", "sgd") and method.recipe["lr"] > 0
+    assert isinstance(method.recipe, Recipe)
 
 
 @pytest.mark.parametrize("name", JOINT_METHODS)

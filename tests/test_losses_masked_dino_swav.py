@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from workbench.config import ConfigError
-from workbench.methods.base import Batch, Progress, build_method, make_method_config
+from workbench.methods.base import Batch, Progress, Recipe, build_method, make_method_config
 from workbench.methods.dino import batch_center, dino_loss, teacher_temperature
 from workbench.methods.ijepa import Predictor, ijepa_loss
 from workbench.methods.mae import mae_loss, patchify, sincos_pos_embed_2d, unpatchify
@@ -301,7 +301,7 @@ def test_one_step_smoke(name, backbone, preset):
         assert "center" in state and any(k.startswith("teacher_backbone.") for k in state)
     if name == "ijepa":
         assert any(k.startswith("target_encoder.") for k in state)
-    assert {"optimizer", "lr", "weight_decay", "warmup_epochs"} <= set(type(m).recipe)
+    assert isinstance(type(m).recipe, Recipe)
 
 
 @pytest.mark.parametrize("name", ["dino", "swav"])

@@ -108,11 +108,15 @@ def _print_quickstart(result: dict) -> None:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from workbench.methods import known_methods, method_class
+    import dataclasses
 
+    from workbench.methods import Recipe, known_methods, method_class
+
+    print("recipe defaults: " + " ".join(f"{k}={v}" for k, v in dataclasses.asdict(Recipe()).items()))
     for name in known_methods():
         cls = method_class(name)
-        print(f"{name:14s} preset={cls.preset:7s} recipe={cls.recipe}" + ("  (ViT only)" if cls.requires_vit else ""))
+        changes = " ".join(f"{k}={v}" for k, v in cls.recipe.changes().items()) or "(defaults)"
+        print(f"{name:14s} preset={cls.preset:7s} recipe: {changes}" + ("  (ViT only)" if cls.requires_vit else ""))
     return 0
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import importlib
 
-from workbench.methods.base import (METHODS, Batch, Method, Progress, StepOutput, build_method, cosine_momentum,
-                                    ema_update, gather, known_methods, make_method_config, method_class, rank,
-                                    register, world_size)
+from workbench.methods.base import (METHODS, Batch, Method, Progress, Recipe, StepOutput, build_method,
+                                    cosine_momentum, ema_update, gather, known_methods, make_method_config,
+                                    method_class, rank, register, world_size)
 
 METHOD_MODULES = ("simclr", "mocov3", "byol", "simsiam", "barlow_twins", "vicreg", "dino", "swav", "mae", "ijepa")
 
@@ -16,6 +16,6 @@ for _name in METHOD_MODULES:
         if _e.name != f"workbench.methods.{_name}":
             raise
 
-__all__ = ["METHODS", "METHOD_MODULES", "Batch", "Method", "Progress", "StepOutput", "build_method",
+__all__ = ["METHODS", "METHOD_MODULES", "Batch", "Method", "Progress", "Recipe", "StepOutput", "build_method",
            "cosine_momentum", "ema_update", "gather", "known_methods", "make_method_config", "method_class", "rank",
            "register", "world_size"]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from workbench.config import check_range
-from workbench.methods.base import Batch, Method, Progress, StepOutput, gather, register
+from workbench.methods.base import Batch, Method, Progress, Recipe, StepOutput, gather, register
 from workbench.models.backbones import Backbone
 from workbench.models.heads import mlp
 
@@ -73,8 +73,7 @@ class BarlowTwins(Method):
     name = "barlow_twins"
     Config = BarlowTwinsConfig
     preset = "byol"
-    recipe = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-4, "warmup_epochs": 10,
-              "exclude_bias_norm_from_lars": True}
+    recipe = Recipe(weight_decay=1e-4)
 
     def __init__(self, backbone: Backbone, config: BarlowTwinsConfig):
         super().__init__(backbone, config)
@@ -82,9 +81,7 @@ class BarlowTwins(Method):
         self.projector = mlp(backbone.feature_dim, c.proj_hidden_dim, c.proj_output_dim, c.proj_layers)
 
     def training_step(self, batch: Batch, progress: Progress) -> StepOutput:
-        if len(batch.views) < 2:
-            raise ValueError(f"barlow_twins needs 2 views per image, got {len(batch.views)}; use the 'byol' preset")
-        c, (x1, x2) = self.config, batch.views[:2]
+        c, (x1, x2) = self.config, self.views(batch)
         f1, f2 = self.backbone(x1), self.backbone(x2)
         loss = barlow_twins_loss(self.projector(f1), self.projector(f2), c.lambd, c.scale_loss)
         return StepOutput(loss, f1.detach(), {})

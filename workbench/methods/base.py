@@ -14,8 +14,47 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from workbench.config import ConfigError, from_dict
+from workbench.config import ConfigError, check_choice, check_range, from_dict
 from workbench.models.backbones import Backbone
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A method's default optimizer settings, used for the TrainConfig fields a run leaves unset.
+
+    ``lr`` is a base learning rate per 256 images (the engine scales it with the global batch size);
+    ``warmup_epochs`` of linear warm-up before the cosine decay; ``betas`` are AdamW's;
+    ``exclude_bias_norm_from_lars``: biases and norm parameters take plain momentum steps, without LARS's
+    trust-ratio adaptation (as solo-learn's LARS does). A method's ``recipe`` states only what differs from
+    these defaults (LARS lr 0.3 per 256, weight decay 1e-6, 10 warm-up epochs).
+    """
+
+    optimizer: str = "lars"
+    lr: float = 0.3
+    weight_decay: float = 1e-6
+    warmup_epochs: float = 10
+    betas: tuple[float, float] = (0.9, 0.999)
+    exclude_bias_norm_from_lars: bool = True
+
+    def __post_init__(self) -> None:
+        from workbench.train.config import OPTIMIZERS
+
+        o = "Recipe"
+        check_choice(o, "optimizer", self.optimizer, OPTIMIZERS)
+        check_range(o, "lr", self.lr, 0.0, low_inclusive=False)
+        check_range(o, "weight_decay", self.weight_decay, 0.0)
+        check_range(o, "warmup_epochs", self.warmup_epochs, 0.0)
+        if not isinstance(self.betas, tuple) or len(self.betas) != 2:
+            raise ConfigError(f"{o}.betas={self.betas!r} must be a tuple (beta1, beta2) (AdamW)")
+        for i, b in enumerate(self.betas):
+            check_range(o, f"betas[{i}]", b, 0.0, 1.0, high_inclusive=False)
+        if not isinstance(self.exclude_bias_norm_from_lars, bool):
+            raise ConfigError(f"{o}.exclude_bias_norm_from_lars={self.exclude_bias_norm_from_lars!r} must be "
+                              "true or false")
+
+    def changes(self) -> dict[str, Any]:
+        """The fields that differ from the defaults (what a method's recipe states)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) != f.default}
 
 
 @dataclass
@@ -61,12 +100,14 @@ class StepOutput:
 class Method(nn.Module):
     """Base class. Subclasses set ``name``, ``Config`` (a dataclass of hyper-parameters with paper defaults),
     ``preset`` (default augmentation preset), ``recipe`` (default optimizer settings for TrainConfig fields
-    left unset), and implement ``training_step``; those with teachers implement ``update_teacher``."""
+    left unset), ``num_views`` (views per image the loss needs), and implement ``training_step``; those with
+    teachers implement ``update_teacher``."""
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = object
     preset: ClassVar[str] = "simclr"
-    recipe: ClassVar[dict[str, Any]] = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-6, "warmup_epochs": 10}
+    recipe: ClassVar[Recipe] = Recipe()
+    num_views: ClassVar[int] = 2
     requires_vit: ClassVar[bool] = False
     min_batch_size: ClassVar[int] = 2
     sync_batchnorm: ClassVar[bool] = True
@@ -78,6 +119,18 @@ class Method(nn.Module):
                               f"{type(backbone).__name__}; pass backbone='vit_tiny' or choose a joint-embedding method")
         self.backbone = backbone
         self.config = config
+
+    @classmethod
+    def check_num_views(cls, num_views: int) -> None:
+        """Raise ConfigError when ``num_views`` views per image are fewer than the method needs."""
+        if num_views < cls.num_views:
+            raise ConfigError(f"{cls.name} needs {cls.num_views} views per image, got {num_views}; "
+                              f"use the {cls.preset!r} preset")
+
+    def views(self, batch: Batch) -> list[torch.Tensor]:
+        """The first ``num_views`` views of ``batch``, each [B, C, h, w] (fewer is a ConfigError naming the preset)."""
+        self.check_num_views(len(batch.views))
+        return batch.views[:self.num_views]
 
     def training_step(self, batch: Batch, progress: Progress) -> StepOutput:
         raise NotImplementedError

@@ -21,7 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from workbench.config import check_range
-from workbench.methods.base import Batch, Method, Progress, StepOutput, cosine_momentum, ema_update, register
+from workbench.methods.base import (Batch, Method, Progress, Recipe, StepOutput, cosine_momentum, ema_update,
+                                    register)
 from workbench.models.backbones import Backbone
 from workbench.models.heads import mlp
 
@@ -57,8 +58,7 @@ class BYOL(Method):
     name = "byol"
     Config = BYOLConfig
     preset = "byol"
-    recipe = {"optimizer": "lars", "lr": 1.0, "weight_decay": 1e-5, "warmup_epochs": 10,
-              "exclude_bias_norm_from_lars": True}
+    recipe = Recipe(lr=1.0, weight_decay=1e-5)
 
     def __init__(self, backbone: Backbone, config: BYOLConfig):
         super().__init__(backbone, config)
@@ -69,9 +69,7 @@ class BYOL(Method):
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
 
     def training_step(self, batch: Batch, progress: Progress) -> StepOutput:
-        if len(batch.views) < 2:
-            raise ValueError(f"byol needs 2 views per image, got {len(batch.views)}; use the 'byol' preset")
-        c, (x1, x2) = self.config, batch.views[:2]
+        c, (x1, x2) = self.config, self.views(batch)
         f1, f2 = self.backbone(x1), self.backbone(x2)
         p1, p2 = self.predictor(self.projector(f1)), self.predictor(self.projector(f2))
         with torch.no_grad():

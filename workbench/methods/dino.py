@@ -24,7 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from workbench.config import check_range
-from workbench.methods.base import Batch, Method, Progress, StepOutput, cosine_momentum, ema_update, register
+from workbench.methods.base import (Batch, Method, Progress, Recipe, StepOutput, cosine_momentum, ema_update,
+                                    register)
 
 
 @dataclass
@@ -128,26 +129,9 @@ def batch_center(teacher_out: torch.Tensor) -> torch.Tensor:
     return total / count
 
 
-def embed_any_size(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """ViT patch embedding of crops of any size, positions interpolated bicubically as in DINO's
-    ``interpolate_pos_encoding``: [B, C, h, w] -> [B, (h'/p)*(w'/p), D]. A crop whose side is not a multiple of
-    the patch size p is first resized (bilinear) to the nearest multiple h', w' (at least p)."""
-    if x.shape[-2] == backbone.image_size and x.shape[-1] == backbone.image_size:
-        return backbone.patchify_embed(x)
-    p, (gh, gw) = backbone.patch_size, backbone.grid
-    h, w = (max(1, round(s / p)) for s in x.shape[-2:])
-    if (h * p, w * p) != tuple(x.shape[-2:]):
-        x = F.interpolate(x, size=(h * p, w * p), mode="bilinear", align_corners=False)
-    vit = backbone.vit
-    tokens = vit.patch_embed.norm(vit.patch_embed.proj(x).flatten(2).transpose(1, 2))
-    pos = vit.pos_embed[:, 1:].reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
-    pos = F.interpolate(pos.float(), size=(h, w), mode="bicubic", align_corners=False)
-    return tokens + pos.to(tokens.dtype).permute(0, 2, 3, 1).reshape(1, h * w, -1)
-
-
 def multicrop_pooled(backbone: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:
     """Pooled backbone features of each view, crops of equal size run as one batch (DINO's MultiCropWrapper):
-    list of [B, C, s_i, s_i] -> [V, B, D]."""
+    list of [B, C, s_i, s_i] -> [V, B, D]. A ViT embeds crops of other sizes with interpolated positions."""
     out, i = [], 0
     while i < len(views):
         j = i
@@ -155,7 +139,7 @@ def multicrop_pooled(backbone: nn.Module, views: list[torch.Tensor]) -> torch.Te
             j += 1
         x = torch.cat(views[i:j])
         if getattr(backbone, "kind", "cnn") == "vit":
-            feats = backbone.encode(embed_any_size(backbone, x))[:, 0]
+            feats = backbone.encode(backbone.embed_any_size(x))[:, 0]
         else:
             feats = backbone(x)
         out.append(feats)
@@ -170,7 +154,7 @@ class DINO(Method):
     name = "dino"
     Config = DINOConfig
     preset = "dino"
-    recipe = {"optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.04, "warmup_epochs": 10}
+    recipe = Recipe(optimizer="adamw", lr=5e-4, weight_decay=0.04)
 
     def __init__(self, backbone: nn.Module, config: DINOConfig):
         super().__init__(backbone, config)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from workbench.augment import multiblock_masks
 from workbench.config import check_choice, check_pair, check_range
-from workbench.methods.base import Batch, Method, Progress, StepOutput, ema_update, register
+from workbench.methods.base import Batch, Method, Progress, Recipe, StepOutput, ema_update, register
 from workbench.methods.mae import default_generator, sincos_pos_embed_2d
 
 
@@ -122,7 +122,8 @@ class IJEPA(Method):
     name = "ijepa"
     Config = IJEPAConfig
     preset = "mae"
-    recipe = {"optimizer": "adamw", "lr": 1.25e-4, "weight_decay": 0.04, "warmup_epochs": 40}
+    recipe = Recipe(optimizer="adamw", lr=1.25e-4, weight_decay=0.04, warmup_epochs=40)
+    num_views = 1
     requires_vit = True
     min_batch_size = 1
 

@@ -25,7 +25,7 @@ import torch.nn as nn
 
 from workbench.augment import random_patch_mask
 from workbench.config import check_range
-from workbench.methods.base import Batch, Method, Progress, StepOutput, register
+from workbench.methods.base import Batch, Method, Progress, Recipe, StepOutput, register
 
 
 @dataclass
@@ -143,7 +143,8 @@ class MAE(Method):
     name = "mae"
     Config = MAEConfig
     preset = "mae"
-    recipe = {"optimizer": "adamw", "lr": 1.5e-4, "weight_decay": 0.05, "warmup_epochs": 40, "betas": (0.9, 0.95)}
+    recipe = Recipe(optimizer="adamw", lr=1.5e-4, weight_decay=0.05, warmup_epochs=40, betas=(0.9, 0.95))
+    num_views = 1
     requires_vit = True
     min_batch_size = 1
 

@@ -75,8 +75,6 @@ class MoCoV3(Method):
     name = "mocov3"
     Config = MoCoV3Config
     preset = "byol"
-    recipe = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-6, "warmup_epochs": 10,
-              "exclude_bias_norm_from_lars": True}
 
     def __init__(self, backbone: Backbone, config: MoCoV3Config):
         super().__init__(backbone, config)
@@ -91,9 +89,7 @@ class MoCoV3(Method):
         self.momentum_projector = copy.deepcopy(self.projector).requires_grad_(False)
 
     def training_step(self, batch: Batch, progress: Progress) -> StepOutput:
-        if len(batch.views) < 2:
-            raise ValueError(f"mocov3 needs 2 views per image, got {len(batch.views)}; use the 'byol' preset")
-        c, (x1, x2) = self.config, batch.views[:2]
+        c, (x1, x2) = self.config, self.views(batch)
         f1, f2 = self.backbone(x1), self.backbone(x2)
         q1, q2 = self.predictor(self.projector(f1)), self.predictor(self.projector(f2))
         with torch.no_grad():

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from workbench.config import ConfigError, check_choice, check_range
-from workbench.methods.base import Batch, Method, Progress, StepOutput, gather, rank, register
+from workbench.methods.base import Batch, Method, Progress, Recipe, StepOutput, gather, rank, register
 from workbench.models.backbones import Backbone
 from workbench.models.heads import mlp
 
@@ -145,8 +145,7 @@ class SimCLR(Method):
     name = "simclr"
     Config = SimCLRConfig
     preset = "simclr"
-    recipe = {"optimizer": "lars", "lr": 0.4, "weight_decay": 1e-4, "warmup_epochs": 10,
-              "exclude_bias_norm_from_lars": True}
+    recipe = Recipe(lr=0.4, weight_decay=1e-4)
 
     def __init__(self, backbone: Backbone, config: SimCLRConfig):
         super().__init__(backbone, config)
@@ -154,10 +153,8 @@ class SimCLR(Method):
         self.projector = mlp(backbone.feature_dim, c.proj_hidden_dim, c.proj_output_dim, 2, batch_norm=False)
 
     def training_step(self, batch: Batch, progress: Progress) -> StepOutput:
-        if len(batch.views) < 2:
-            raise ValueError(f"simclr needs 2 views per image, got {len(batch.views)}; use the 'simclr' preset")
-        c = self.config
-        f1, f2 = self.backbone(batch.views[0]), self.backbone(batch.views[1])
+        c, (x1, x2) = self.config, self.views(batch)
+        f1, f2 = self.backbone(x1), self.backbone(x2)
         z1, z2 = self.projector(f1), self.projector(f2)
         mochi = (c.mochi_hardest, c.mochi_mix, c.mochi_mix_query) if c.mochi_hardest else None
         loss = nt_xent_loss(z1, z2, c.temperature, decoupled=c.loss == "dcl", dcl_sigma=c.dcl_sigma, mochi=mochi,

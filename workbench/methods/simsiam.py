@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from workbench.config import ConfigError, check_range
-from workbench.methods.base import Batch, Method, Progress, StepOutput, register
+from workbench.methods.base import Batch, Method, Progress, Recipe, StepOutput, register
 from workbench.models.backbones import Backbone
 from workbench.models.heads import mlp
 
@@ -86,7 +86,7 @@ class SimSiam(Method):
     name = "simsiam"
     Config = SimSiamConfig
     preset = "simclr"
-    recipe = {"optimizer": "sgd", "lr": 0.5, "weight_decay": 1e-5, "warmup_epochs": 10, "momentum": 0.9}
+    recipe = Recipe(optimizer="sgd", lr=0.5, weight_decay=1e-5)
 
     def __init__(self, backbone: Backbone, config: SimSiamConfig):
         super().__init__(backbone, config)
@@ -102,9 +102,7 @@ class SimSiam(Method):
                               else nn.Identity())
 
     def training_step(self, batch: Batch, progress: Progress) -> StepOutput:
-        if len(batch.views) < 2:
-            raise ValueError(f"simsiam needs 2 views per image, got {len(batch.views)}; use the 'simclr' preset")
-        x1, x2 = batch.views[:2]
+        x1, x2 = self.views(batch)
         f1, f2 = self.backbone(x1), self.backbone(x2)
         z1, z2 = self.projector(f1), self.projector(f2)
         p1, p2 = self.predictor(z1), self.predictor(z2)

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from workbench.config import check_range
-from workbench.methods.base import Batch, Method, Progress, StepOutput, register, world_size
+from workbench.methods.base import Batch, Method, Progress, Recipe, StepOutput, register, world_size
 from workbench.methods.dino import multicrop_pooled, zero_grad_view
 from workbench.models.heads import mlp
 
@@ -96,7 +96,7 @@ class SwAV(Method):
     name = "swav"
     Config = SwAVConfig
     preset = "simclr"  # solo-learn's CIFAR recipe: two 32 px crops; a multi-crop preset ("dino") also works
-    recipe = {"optimizer": "lars", "lr": 0.6, "weight_decay": 1e-6, "warmup_epochs": 10}
+    recipe = Recipe(lr=0.6)
 
     def __init__(self, backbone: nn.Module, config: SwAVConfig):
         super().__init__(backbone, config)

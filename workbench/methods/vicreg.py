@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from workbench.config import check_range
-from workbench.methods.base import Batch, Method, Progress, StepOutput, gather, register
+from workbench.methods.base import Batch, Method, Progress, Recipe, StepOutput, gather, register
 from workbench.models.backbones import Backbone
 from workbench.models.heads import mlp
 
@@ -81,8 +81,7 @@ class VICReg(Method):
     name = "vicreg"
     Config = VICRegConfig
     preset = "byol"
-    recipe = {"optimizer": "lars", "lr": 0.3, "weight_decay": 1e-4, "warmup_epochs": 10,
-              "exclude_bias_norm_from_lars": True}
+    recipe = Recipe(weight_decay=1e-4)
 
     def __init__(self, backbone: Backbone, config: VICRegConfig):
         super().__init__(backbone, config)
@@ -90,9 +89,7 @@ class VICReg(Method):
         self.projector = mlp(backbone.feature_dim, c.proj_hidden_dim, c.proj_output_dim, c.proj_layers)
 
     def training_step(self, batch: Batch, progress: Progress) -> StepOutput:
-        if len(batch.views) < 2:
-            raise ValueError(f"vicreg needs 2 views per image, got {len(batch.views)}; use the 'byol' preset")
-        c, (x1, x2) = self.config, batch.views[:2]
+        c, (x1, x2) = self.config, self.views(batch)
         f1, f2 = self.backbone(x1), self.backbone(x2)
         inv, var, cov = vicreg_terms(self.projector(f1), self.projector(f2), c.eps)
         loss = c.sim_weight * inv + c.var_weight * var + c.cov_weight * cov

@@ -3,15 +3,21 @@
 Each backbone maps images float [B, C, H, W] to pooled features [B, feature_dim] (``forward``) and
 exposes ``forward_features`` returning the pooled vector together with spatial tokens (ViT patch
 tokens or the CNN's last feature map, flattened) for the attention and patch-similarity tools.
-ViTs also run on a subset of patches (``keep``: MAE, I-JEPA) and return per-layer attention.
+ViTs also run on a subset of patches (``keep``: MAE, I-JEPA), embed crops of other sizes (multi-crop) and return
+per-layer attention. Each backbone family has an options dataclass (``SmallCNNOptions``, ``ResNetOptions``,
+``ViTOptions``) validated on creation, so a misspelt or unsupported option is an error that lists the allowed ones.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+
+from workbench.config import ConfigError, check_range, from_dict
 
 
 @dataclass
@@ -119,7 +125,7 @@ class ViT(Backbone):
         self.feature_dim, self.image_size, self.in_chans, self.patch_size = dim, image_size, in_chans, patch_size
         self.grid = (image_size // patch_size, image_size // patch_size)
         self.num_patches = self.grid[0] * self.grid[1]
-        self.num_heads = heads
+        self.num_heads, self.num_layers = heads, len(self.vit.blocks)
 
     def patchify_embed(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, C, H, W] -> patch embeddings with positions added, [B, L, D] (no CLS)."""
@@ -128,6 +134,26 @@ class ViT(Backbone):
                              f"{x.shape[-2]}x{x.shape[-1]}; resize the input or build the backbone with "
                              f"image_size={x.shape[-1]}")
         return self.vit.patch_embed(x) + self.vit.pos_embed[:, 1:]
+
+    def embed_any_size(self, x: torch.Tensor) -> torch.Tensor:
+        """Crops of any size [B, C, h, w] -> patch embeddings with positions added, [B, (h'/p)*(w'/p), D] (no CLS).
+
+        For multi-crop (DINO, SwAV): the learned positions are interpolated bicubically to the crop's patch grid,
+        as DINO's ``interpolate_pos_encoding`` does. A side that is not a multiple of the patch size p is first
+        resized (bilinear) to the nearest multiple h', w' (at least p). Crops of the training size take
+        ``patchify_embed`` unchanged.
+        """
+        if x.shape[-2:] == (self.image_size, self.image_size):
+            return self.patchify_embed(x)
+        p, (gh, gw) = self.patch_size, self.grid
+        h, w = (max(1, round(s / p)) for s in x.shape[-2:])
+        if (h * p, w * p) != tuple(x.shape[-2:]):
+            x = F.interpolate(x, size=(h * p, w * p), mode="bilinear", align_corners=False)
+        embed = self.vit.patch_embed
+        tokens = embed.norm(embed.proj(x).flatten(2).transpose(1, 2))
+        pos = self.vit.pos_embed[:, 1:].reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
+        pos = F.interpolate(pos.float(), size=(h, w), mode="bicubic", align_corners=False)
+        return tokens + pos.to(tokens.dtype).permute(0, 2, 3, 1).reshape(1, h * w, -1)
 
     def encode(self, patches: torch.Tensor, with_cls: bool = True) -> torch.Tensor:
         """Run the transformer on embedded patches [B, K, D]; returns normed tokens [B, (1+)K, D]."""
@@ -163,14 +189,53 @@ class ViT(Backbone):
         return maps
 
 
-BACKBONES: dict[str, Callable[..., Backbone]] = {
-    "small_cnn": lambda image_size=32, in_chans=3, width=32, **_: SmallCNN(image_size, in_chans, width),
-    "resnet18": lambda image_size=32, in_chans=3, small_stem=None, **_: ResNet(18, image_size, in_chans, small_stem),
-    "resnet50": lambda image_size=32, in_chans=3, small_stem=None, **_: ResNet(50, image_size, in_chans, small_stem),
-    "vit_tiny": lambda image_size=32, in_chans=3, patch_size=4, depth=None, drop_path_rate=0.0, **_:
-        ViT("vit_tiny", image_size, patch_size, in_chans, depth, drop_path_rate),
-    "vit_small": lambda image_size=32, in_chans=3, patch_size=4, depth=None, drop_path_rate=0.0, **_:
-        ViT("vit_small", image_size, patch_size, in_chans, depth, drop_path_rate),
+@dataclass(frozen=True)
+class SmallCNNOptions:
+    """Options of ``small_cnn``: ``width`` = channels of the first stage (stages w, 2w, 4w, 8w; features 8w)."""
+
+    width: int = 32
+
+    def __post_init__(self) -> None:
+        check_range("SmallCNNOptions", "width", self.width, 1)
+
+
+@dataclass(frozen=True)
+class ResNetOptions:
+    """Options of ``resnet18`` / ``resnet50``: ``small_stem`` (3x3 stride-1 conv, no max-pool) or the ImageNet
+    stem; None = small stem for images <= 64 px. The weights always start random (no ``pretrained``)."""
+
+    small_stem: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.small_stem is not None and not isinstance(self.small_stem, bool):
+            raise ConfigError(f"ResNetOptions.small_stem={self.small_stem!r} must be true, false or None (auto)")
+
+
+@dataclass(frozen=True)
+class ViTOptions:
+    """Options of ``vit_tiny`` / ``vit_small``: ``patch_size`` in px (must divide the image size), ``depth`` =
+    number of blocks (None = the size's 12), ``drop_path_rate`` = stochastic depth rate of the last block."""
+
+    patch_size: int = 4
+    depth: int | None = None
+    drop_path_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_range("ViTOptions", "patch_size", self.patch_size, 1)
+        if self.depth is not None:
+            check_range("ViTOptions", "depth", self.depth, 1)
+        check_range("ViTOptions", "drop_path_rate", self.drop_path_rate, 0.0, 1.0, high_inclusive=False)
+
+
+# name -> (options dataclass, builder(options, image_size, in_chans))
+BACKBONES: dict[str, tuple[type, Callable[[Any, int, int], Backbone]]] = {
+    "small_cnn": (SmallCNNOptions, lambda o, size, chans: SmallCNN(size, chans, o.width)),
+    "resnet18": (ResNetOptions, lambda o, size, chans: ResNet(18, size, chans, o.small_stem)),
+    "resnet50": (ResNetOptions, lambda o, size, chans: ResNet(50, size, chans, o.small_stem)),
+    "vit_tiny": (ViTOptions, lambda o, size, chans: ViT("vit_tiny", size, o.patch_size, chans, o.depth,
+                                                        o.drop_path_rate)),
+    "vit_small": (ViTOptions, lambda o, size, chans: ViT("vit_small", size, o.patch_size, chans, o.depth,
+                                                         o.drop_path_rate)),
 }
 
 
@@ -178,17 +243,32 @@ def known_backbones() -> list[str]:
     return sorted(BACKBONES)
 
 
-def build_backbone(name: str, image_size: int = 32, in_chans: int = 3, **options) -> Backbone:
+def backbone_options(name: str, options: Mapping[str, Any]) -> SmallCNNOptions | ResNetOptions | ViTOptions:
+    """Backbone ``name``'s options dataclass built from the plain dict ``options`` (values coerced as from JSON
+    or the CLI). An unknown backbone, an unknown option or a value out of range is a ConfigError naming it."""
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown backbone {name!r}; known backbones: {known_backbones()}")
+    cls = BACKBONES[name][0]
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(f"backbone {name!r} has no option(s) {unknown}; allowed options: {allowed}")
+    try:
+        return from_dict(cls, options)
+    except ConfigError as e:
+        raise ConfigError(f"backbone {name!r}: {e}") from None
+
+
+def build_backbone(name: str, image_size: int = 32, in_chans: int = 3, **options: Any) -> Backbone:
     """Backbone ``name`` (see ``known_backbones()``) for ``image_size`` px images with ``in_chans`` channels.
 
-    Options: ``width`` (small_cnn), ``small_stem`` (resnets; default: on for images <= 64 px),
-    ``patch_size``, ``depth``, ``drop_path_rate`` (ViTs).
+    ``options``: the fields of the backbone's options dataclass (``SmallCNNOptions``, ``ResNetOptions``,
+    ``ViTOptions``); anything else is a ConfigError listing the allowed ones.
     """
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; known backbones: {known_backbones()}")
+    opts = backbone_options(name, options)
     if image_size < 8:
         raise ValueError(f"image_size={image_size} is too small; backbones need images of at least 8 px")
-    return BACKBONES[name](image_size=image_size, in_chans=in_chans, **options)
+    return BACKBONES[name][1](opts, image_size, in_chans)
 
 
 def count_parameters(module: nn.Module) -> int:

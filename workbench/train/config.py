@@ -72,14 +72,15 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Backbone name (``workbench.models.known_backbones()``) and its options (``width``, ``patch_size``,
-    ``depth``, ``small_stem``, ``drop_path_rate``)."""
+    """Backbone name (``workbench.models.known_backbones()``) and its options, a plain dict of the fields of the
+    backbone's options dataclass (``width``; ``small_stem``; ``patch_size``, ``depth``, ``drop_path_rate``),
+    validated when the config is made (``workbench.models.backbones.backbone_options``)."""
 
     backbone: str = "small_cnn"
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from workbench.models.backbones import known_backbones
+        from workbench.models.backbones import backbone_options, known_backbones
 
         check_choice("ModelConfig", "backbone", self.backbone, known_backbones())
         if not isinstance(self.options, dict):
@@ -88,6 +89,10 @@ class ModelConfig:
             if k in self.options:
                 raise ConfigError(f"ModelConfig.options[{k!r}] is not allowed: it comes from the data "
                                   "(set DataConfig.image_size to resize)")
+        try:
+            backbone_options(self.backbone, self.options)
+        except ConfigError as e:
+            raise ConfigError(f"model.options: {e}") from None
 
     @property
     def is_vit(self) -> bool:
@@ -209,8 +214,10 @@ class PretrainConfig:
             raise ConfigError(f"train.batch_size={self.train.batch_size} is too small for {self.method!r}: it needs "
                               f"at least {cls.min_batch_size} images per batch (it compares samples across the batch)")
         if self.model.is_vit and self.data.image_size is not None:
-            patch = self.model.options.get("patch_size", 4)
-            if not isinstance(patch, int) or patch < 1 or self.data.image_size % patch:
+            from workbench.models.backbones import backbone_options
+
+            patch = backbone_options(self.model.backbone, self.model.options).patch_size
+            if self.data.image_size % patch:
                 good = [p for p in range(2, self.data.image_size + 1) if self.data.image_size % p == 0]
                 raise ConfigError(f"model.options.patch_size={patch!r} does not divide data.image_size="
                                   f"{self.data.image_size}; choose one of {good}")
@@ -218,8 +225,9 @@ class PretrainConfig:
             raise ConfigError(f"{o}.out={self.out!r} must be a folder path")
         if self.name is not None and (not isinstance(self.name, str) or not self.name or "/" in self.name):
             raise ConfigError(f"{o}.name={self.name!r} must be a folder name without '/' (or None)")
-        # the augmentation overrides must make a valid preset (checked at a nominal size; the run rebuilds it)
-        augment_config(self, self.data.image_size or 32)
+        # the augmentation overrides must make a valid preset with the views the method needs (checked at a
+        # nominal size; the run rebuilds it)
+        cls.check_num_views(augment_config(self, self.data.image_size or 32).num_views)
 
     @property
     def method_class(self):
@@ -264,13 +272,12 @@ class ResolvedTrain:
 
 def resolve_train(config: PretrainConfig) -> ResolvedTrain:
     """Fill None optimizer fields from the method's ``recipe``; ``lr = base_lr * batch_size / 256``."""
-    t, recipe = config.train, dict(config.method_class.recipe)
-    optimizer = t.optimizer or recipe.get("optimizer", "lars")
-    check_choice("recipe", "optimizer", optimizer, OPTIMIZERS)
-    base_lr = float(t.lr if t.lr is not None else recipe.get("lr", 0.3))
-    wd = float(t.weight_decay if t.weight_decay is not None else recipe.get("weight_decay", 0.0))
-    warmup = float(t.warmup_epochs if t.warmup_epochs is not None else recipe.get("warmup_epochs", 0))
-    betas = tuple(t.betas if t.betas is not None else recipe.get("betas", (0.9, 0.999)))
+    t, recipe = config.train, config.method_class.recipe
+    optimizer = t.optimizer or recipe.optimizer
+    base_lr = float(t.lr if t.lr is not None else recipe.lr)
+    wd = float(t.weight_decay if t.weight_decay is not None else recipe.weight_decay)
+    warmup = float(t.warmup_epochs if t.warmup_epochs is not None else recipe.warmup_epochs)
+    betas = tuple(t.betas if t.betas is not None else recipe.betas)
     momentum = float(t.momentum)
     return ResolvedTrain(optimizer, base_lr, base_lr * t.batch_size / 256, wd, warmup,
                          (float(betas[0]), float(betas[1])), momentum)
