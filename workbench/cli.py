@@ -1,5 +1,5 @@
-"""The ``workbench`` command line: ``pretrain``, ``quickstart``, plus ``evaluate`` and ``run | sweep | runs | lab``
-from workbench.evaluation / workbench.experiments when they are installed.
+"""The ``workbench`` command line: ``pretrain`` and ``methods`` here, ``evaluate`` from workbench.evaluation, and
+``quickstart | run | sweep | runs | lab`` from workbench.experiments.
 
     workbench pretrain --method simclr --data shapes --backbone small_cnn --epochs 5 --batch-size 256 \\
         --out runs [--resume RUN_DIR] [train.lr=0.5 method_options.temperature=0.2 data.options.n=10000 ...]
@@ -10,12 +10,13 @@ with status 2, without a traceback.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 from typing import Sequence
 
 from workbench.config import ConfigError
+from workbench.evaluation import cli_commands as evaluation_commands
+from workbench.experiments import cli_commands as experiment_commands
 
 
 class _UsageError(Exception):
@@ -92,21 +93,6 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_quickstart(args: argparse.Namespace) -> int:
-    from workbench.train.quickstart import quickstart
-
-    result = quickstart(out=args.dir)
-    _print_quickstart(result)
-    return 0
-
-
-def _print_quickstart(result: dict) -> None:
-    print(f"run folder:            {result['run']}")
-    print(f"kNN accuracy (test):   pretrained {result['knn_pretrained']:.3f} vs random init "
-          f"{result['knn_random_init']:.3f}")
-    print(f"time:                  pretraining {result['pretrain_s']} s, total {result['total_s']} s")
-
-
 def _cmd_methods(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -126,18 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(sub)
     p = sub.add_parser("methods", help="list the methods with their default preset and optimizer recipe")
     p.set_defaults(func=_cmd_methods)
-    for module in ("workbench.evaluation.cli_commands", "workbench.experiments.cli_commands"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name is not None and module.startswith(e.name):
-                continue  # that part of the workbench is not installed
-            raise
-        mod.add_subcommands(sub)
-    if "quickstart" not in sub.choices:  # the experiments package runs the quickstart notebook when present
-        p = sub.add_parser("quickstart", help="the main job: short pretraining on shapes + kNN vs random init")
-        p.add_argument("--dir", default="runs", help="runs folder (default: runs)")
-        p.set_defaults(func=_cmd_quickstart)
+    evaluation_commands.add_subcommands(sub)
+    experiment_commands.add_subcommands(sub)
     return parser
 
 

@@ -9,12 +9,8 @@ from workbench.methods.base import (METHODS, Batch, Method, Progress, Recipe, St
 
 METHOD_MODULES = ("simclr", "mocov3", "byol", "simsiam", "barlow_twins", "vicreg", "dino", "swav", "mae", "ijepa")
 
-for _name in METHOD_MODULES:
-    try:
-        importlib.import_module(f"workbench.methods.{_name}")
-    except ModuleNotFoundError as _e:  # a method module still being written; its name stays unknown
-        if _e.name != f"workbench.methods.{_name}":
-            raise
+for _name in METHOD_MODULES:  # importing a method module registers it
+    importlib.import_module(f"workbench.methods.{_name}")
 
 __all__ = ["METHODS", "METHOD_MODULES", "Batch", "Method", "Progress", "Recipe", "StepOutput", "build_method",
            "cosine_momentum", "ema_update", "gather", "known_methods", "make_method_config", "method_class", "rank",

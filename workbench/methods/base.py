@@ -18,6 +18,10 @@ from workbench.config import ConfigError, check_choice, check_range, from_dict
 from workbench.models.backbones import Backbone
 
 
+# The optimizers the engine builds (workbench.train.optim); a recipe or a TrainConfig names one of them.
+OPTIMIZERS = ("lars", "adamw", "sgd")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A method's default optimizer settings, used for the TrainConfig fields a run leaves unset.
@@ -37,8 +41,6 @@ class Recipe:
     exclude_bias_norm_from_lars: bool = True
 
     def __post_init__(self) -> None:
-        from workbench.train.config import OPTIMIZERS
-
         o = "Recipe"
         check_choice(o, "optimizer", self.optimizer, OPTIMIZERS)
         check_range(o, "lr", self.lr, 0.0, low_inclusive=False)

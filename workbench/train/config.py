@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workbench.config import ConfigError, check_choice, check_range
+from workbench.methods.base import OPTIMIZERS
 
-OPTIMIZERS = ("lars", "adamw", "sgd")
 PRECISIONS = ("auto", "bf16", "fp32")
 PROGRESS = ("auto", "on", "off")
 CHANNELS_LAST = ("auto", "on", "off")
