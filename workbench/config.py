@@ -169,19 +169,25 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def parse_pairs(items: Iterable[str], what: str = "override", example: str = "train.lr=0.1") -> dict[str, Any]:
+    """CLI ``key=value`` items -> {key: parsed value} (see :func:`parse_value`); an item without ``=`` is a
+    ConfigError naming ``what`` it was and showing ``example``."""
+    pairs = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{what} {item!r} must look like key=value (e.g. {example})")
+        k, v = item.split("=", 1)
+        pairs[k.strip()] = parse_value(v.strip())
+    return pairs
+
+
 def apply_overrides(cfg: T, overrides: Mapping[str, Any] | Iterable[str]) -> T:
     """Return a copy of ``cfg`` with dotted-key overrides applied (``{"train.lr": 0.1}`` or ``["train.lr=0.1"]``).
 
     A key that is a dict-typed field's sub-key (``method.options.temperature``) sets that entry.
     """
     if not isinstance(overrides, Mapping):
-        pairs = {}
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=0.1)")
-            k, v = item.split("=", 1)
-            pairs[k.strip()] = parse_value(v.strip())
-        overrides = pairs
+        overrides = parse_pairs(overrides)
     data = to_dict(cfg)
     for key, value in overrides.items():
         parts = key.split(".")

@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 
-from workbench.config import parse_value
+from workbench.config import parse_pairs
 
 
 def add_subcommands(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
@@ -43,17 +42,6 @@ def add_subcommands(subparsers: "argparse._SubParsersAction") -> argparse.Argume
     return p
 
 
-def parse_options(items: list[str]) -> dict[str, Any]:
-    """["size=32", "n=2000"] -> {"size": 32, "n": 2000}; an item without '=' is an error saying the form."""
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"data option {item!r} must look like key=value (e.g. size=32)")
-        k, v = item.split("=", 1)
-        out[k.strip()] = parse_value(v.strip())
-    return out
-
-
 def run_command(args: argparse.Namespace) -> int:
     """Run ``workbench evaluate`` from parsed arguments; prints the table, returns the exit status."""
     from workbench.evaluation.report import evaluate
@@ -61,7 +49,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         table = evaluate(args.run_dir, data=args.data, metrics=args.metrics, checkpoint=args.checkpoint,
                          baselines=not args.no_baselines,
-                         data_options=parse_options([*args.options, *args.data_option]),
+                         data_options=parse_pairs([*args.options, *args.data_option], "data option", "size=32"),
                          device=args.device, adapt=args.adapt)
     except (FileNotFoundError, ValueError) as e:
         print(f"workbench evaluate: error: {e}", file=sys.stderr)
