@@ -1,8 +1,20 @@
-"""Shared fixtures: a tiny labelled in-memory data set for engine tests (no dependence on a loader's speed)."""
+"""Fixtures shared by more than one test folder.
+
+- ``blobs_data`` (tests/train, tests/methods): a tiny labelled in-memory data set for engine tests (no dependence
+  on a loader's speed).
+- ``data``, ``backbone``, ``tiny_run`` (tests/trained, tests/evaluation): the coloured squares of
+  ``tests.colours``, a width-8 small CNN at initialisation, and one epoch of SimCLR on them. tests/trained/
+  test_trained.py keeps its own module-level ``tiny_run`` (BYOL on ``shapes``), which takes precedence there.
+"""
 from __future__ import annotations
 
 import pytest
 import torch
+
+from tests.colours import DATA, _colours, colour_data
+from workbench.data.base import register
+from workbench.models import build_backbone
+from workbench.runs import Run
 
 
 def _blobs(split: str = "train", n: int = 128, size: int = 16, seed: int = 0):
@@ -32,3 +44,41 @@ def blobs_data():
     base._REGISTRY["engine_blobs"] = _blobs
     yield "engine_blobs"
     base._REGISTRY.pop("engine_blobs", None)
+
+
+# ---------------------------------------------------------------------------------------------- coloured squares
+@pytest.fixture(scope="module")
+def data():
+    return colour_data(400, seed=0), colour_data(200, seed=1, split="test")
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    torch.manual_seed(0)
+    return build_backbone("small_cnn", image_size=16, in_chans=3, width=8).eval()
+
+
+@pytest.fixture(scope="module")
+def _registered():
+    """Register the tiny data set for the requesting module only (other tests may list the known data sets)."""
+    from workbench.data import base
+
+    register(DATA)(_colours)
+    yield
+    base._REGISTRY.pop(DATA, None)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, _registered) -> Run:
+    """One epoch of SimCLR on 256 16-px images with a width-8 small CNN (a few seconds on a CPU)."""
+    from workbench.train import DataConfig, ModelConfig, PretrainConfig, TrainConfig, pretrain
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = PretrainConfig(method="simclr", data=DataConfig(name=DATA, options={"n": 256}),
+                         model=ModelConfig(backbone="small_cnn", options={"width": 8}),
+                         method_options={"proj_hidden_dim": 64, "proj_output_dim": 32},
+                         train=TrainConfig(epochs=1, batch_size=64, knn_every=0, progress="off", device="cpu"),
+                         out=str(out))
+    run = pretrain(cfg)
+    assert run.status["status"] == "completed"
+    return run

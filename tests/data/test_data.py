@@ -1,4 +1,5 @@
-"""Data sets: shapes (determinism, factors, rendering), fashion-mnist, torchvision sets, folder, registry errors."""
+"""Data sets: shapes (determinism, factors, rendering, object masks), fashion-mnist, torchvision sets, folder,
+registry errors."""
 from __future__ import annotations
 
 import gzip
@@ -17,6 +18,7 @@ from workbench.data import ImageDataset, channel_stats, known_datasets, load
 from workbench.data import fashion_mnist as fm
 from workbench.data import shapes as sh
 from workbench.data.folder import CorruptImagesError
+from workbench.data.shapes import PALETTE, object_masks
 
 # ---------------------------------------------------------------------------------------------- shapes
 
@@ -198,6 +200,29 @@ def test_channel_stats_matches_numpy(shapes200: ImageDataset) -> None:
     np.testing.assert_allclose(m2, mean, atol=1e-12)
     np.testing.assert_allclose(s2, std, atol=1e-12)
     assert len(mean) == 3 and all(0 < s < 1 for s in std)
+
+
+@pytest.mark.parametrize("size", [16, 32])
+def test_object_masks_match_the_rendered_shapes(size):
+    ds = load("shapes", split="test", size=size, n=120)
+    masks = object_masks(ds)
+    assert masks.shape == (120, size, size) and masks.dtype == torch.float32
+    assert float(masks.min()) >= 0 and float(masks.max()) <= 1
+    fg = torch.from_numpy(PALETTE[ds.factors["colour"].numpy()]).to(torch.int32)[:, :, None, None]
+    diff = (ds.images.to(torch.int32) - fg).abs().amax(1)  # [N, H, W]: 0 where the pixel has the shape's colour
+    full, empty = masks == 1, masks == 0
+    assert full.any(dim=(1, 2)).all()  # every image has fully covered pixels
+    assert int(diff[full].max()) == 0  # fully covered pixels are exactly the shape's colour
+    assert bool((diff[empty] > 0).all())  # uncovered pixels are background (never the shape's colour)
+    area = masks.mean(dim=(1, 2))
+    assert 0.03 < float(area.min()) and float(area.max()) < 0.4  # shapes.SCALE_RANGE: radius 0.28-0.4 of the side
+
+
+def test_object_masks_need_shapes_factors():
+    ds = load("shapes", split="test", size=16, n=8)
+    ds.factors.pop("scale")
+    with pytest.raises(ValueError, match="scale"):
+        object_masks(ds)
 
 
 # ---------------------------------------------------------------------------------------------- registry

@@ -1,56 +1,29 @@
-"""evaluate() and `workbench evaluate` end to end on a tiny pretrained run: table, summary.json, cache, errors."""
+"""evaluate() and `workbench evaluate` end to end, on an in-memory backbone and on a tiny pretrained run: table,
+baselines, summary.json, errors."""
 from __future__ import annotations
 
 import argparse
 import json
-import os
 
 import pytest
-import torch
 
-import workbench.trained.features as features_mod
+from tests.colours import DATA
 from workbench.evaluation import evaluate
-from workbench.trained import extract_features
 from workbench.evaluation.cli_commands import add_subcommands, main as cli_main
-from workbench.data.base import register
-from workbench.runs import Run
-
-from test_evaluate_features import colour_data
 
 
-DATA = "eval-test-colours"
-
-
-def _colours(split: str = "train", n: int = 256, size: int = 16, seed: int = 0, channels: int = 3):
-    """A tiny data set (coloured squares, factors colour and pos_x), registered for this module so these tests do
-    not depend on the other loaders; ``size``/``channels`` let the mismatch errors be exercised."""
-    return colour_data(n, size=size, seed=seed + (0 if split == "train" else 1000), split=split, channels=channels)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _registered():
-    """Register the tiny data set for this module only (other tests may list the known data sets)."""
-    from workbench.data import base
-
-    register(DATA)(_colours)
-    yield
-    base._REGISTRY.pop(DATA, None)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, _registered) -> Run:
-    """One epoch of SimCLR on 256 16-px images with a width-8 small CNN (a few seconds on a CPU)."""
-    from workbench.train import DataConfig, ModelConfig, PretrainConfig, TrainConfig, pretrain
-
-    out = tmp_path_factory.mktemp("runs")
-    cfg = PretrainConfig(method="simclr", data=DataConfig(name=DATA, options={"n": 256}),
-                         model=ModelConfig(backbone="small_cnn", options={"width": 8}),
-                         method_options={"proj_hidden_dim": 64, "proj_output_dim": 32},
-                         train=TrainConfig(epochs=1, batch_size=64, knn_every=0, progress="off", device="cpu"),
-                         out=str(out))
-    run = pretrain(cfg)
-    assert run.status["status"] == "completed"
-    return run
+def test_evaluate_backbone_table_with_baselines(data, backbone):
+    table = evaluate(backbone, data=data, metrics="knn,linear,kmeans,factors", baselines=True, device="cpu",
+                     options={"knn_ks": (10,)})
+    assert list(table.columns) == ["model", "name", "value", "split", "settings"]
+    assert set(table["model"]) == {"pretrained", "random_init", "raw_pixels"}
+    wide = table.pivot_table(index="name", columns="model", values="value")
+    assert {"knn_top1_k10", "linear_top1", "kmeans_nmi", "kmeans_ari", "factor_colour_accuracy",
+            "factor_pos_x_r2", "factor_label_accuracy"} <= set(wide.index)
+    # the colour of the square is linearly readable from raw pixels
+    assert wide.loc["linear_top1", "raw_pixels"] > 0.9
+    assert wide.loc["factor_colour_accuracy", "raw_pixels"] == pytest.approx(wide.loc["linear_top1", "raw_pixels"])
+    assert (table["split"] == "test").all()
 
 
 def test_evaluate_run_writes_summary_and_table(tiny_run):
@@ -73,22 +46,6 @@ def test_evaluate_run_writes_summary_and_table(tiny_run):
     # raw pixels' dimension is C*H*W; the backbone's is its feature_dim
     raw = table[(table["model"] == "raw_pixels") & (table["name"] == "linear_top1")]["settings"].item()
     assert raw["dim"] == 3 * 16 * 16
-
-
-def test_run_features_are_cached_and_invalidated_by_a_new_checkpoint(tiny_run, monkeypatch):
-    test = _colours("test", n=64)
-    calls = []
-    real = features_mod.encode
-    monkeypatch.setattr(features_mod, "encode", lambda *a, **k: calls.append(1) or real(*a, **k))
-    a = extract_features(tiny_run, test)
-    b = extract_features(tiny_run, test)
-    assert len(calls) == 1 and torch.equal(a.features, b.features)
-    assert any(tiny_run.cache_dir.glob(f"features-last-pretrained-colours-test-*.pt"))
-    ckpt = tiny_run.checkpoint_path("last")
-    st = ckpt.stat()
-    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000_000))  # "a new checkpoint"
-    extract_features(tiny_run, test)
-    assert len(calls) == 2
 
 
 def test_transfer_and_mismatch_errors(tiny_run):

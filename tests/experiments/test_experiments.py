@@ -1,6 +1,6 @@
 """Runner, sweep, reproduce, run records and the experiment CLI, on a tiny deterministic notebook.
 
-tests/notebooks/tiny.ipynb does no torch work: product = a * b, a seeded numpy draw, and it raises when
+tests/experiments/notebooks/tiny.ipynb does no torch work: product = a * b, a seeded numpy draw, and it raises when
 a * b == fail_on, so every outcome here is known in advance (hand-computed below).
 """
 from __future__ import annotations
@@ -277,4 +277,4 @@ def test_default_runs_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("WORKBENCH_RUNS_DIR", str(tmp_path))
     assert default_runs_dir() == tmp_path
     monkeypatch.delenv("WORKBENCH_RUNS_DIR")
-    assert default_runs_dir() == Path(__file__).resolve().parents[1] / "runs"  # the checkout's runs/
+    assert default_runs_dir() == Path(__file__).resolve().parents[2] / "runs"  # the checkout's runs/

@@ -17,7 +17,7 @@ import pytest
 from workbench.experiments import notebook_parameters, read_parameters, run_notebook
 from workbench.runs import Run, atomic_write_json
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,7 +192,7 @@ SMALL_CNN = {"width": 16}
 SMALL_HEAD = {"proj_hidden_dim": 512, "proj_output_dim": 128}
 
 CASES: dict[str, Case] = {
-    # the engine's CPU test sizes (tests/test_methods_train.py): small CNN at width 32, AdamW, 2000 images, 2 epochs
+    # the engine's CPU test sizes (tests/methods/test_training.py): small CNN at width 32, AdamW, 2000 images, 2 epochs
     "00_quickstart.ipynb": Case({"epochs": 2, "n_images": 2000, "n_eval": 2000, "batch_size": 64, "umap": "off",
                                  "backbone_options": {"width": 32},
                                  "method_options": {**SMALL_HEAD, "pred_hidden_dim": 512}},

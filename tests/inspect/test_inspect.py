@@ -10,6 +10,7 @@ import torch
 
 from workbench import inspect as wi
 from workbench.inspect import attention as A
+from workbench.inspect.attention import attention_share, patch_fractions
 from workbench.models.backbones import build_backbone
 
 
@@ -77,6 +78,19 @@ def test_cnn_backbone_refused_with_hint_and_wrong_size_refused():
     maps = A.attention_maps(vit.eval(), torch.randn(2, 3, 16, 16))
     assert len(maps) == 1 and maps[0].shape == (2, 3, 17, 17)
     assert torch.allclose(maps[0].sum(-1), torch.ones(2, 3, 17))
+
+
+def test_attention_share_against_hand_values():
+    masks = torch.zeros(2, 4, 4)
+    masks[:, :2, :2] = 1.0  # the top-left patch of a 2x2 grid
+    frac = patch_fractions(masks, (2, 2))
+    torch.testing.assert_close(frac, torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0]]))
+    attn = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.25, 0.25, 0.25, 0.25]])
+    share, area = attention_share(attn, masks, (2, 2))
+    torch.testing.assert_close(share, torch.tensor([0.7, 0.25]))
+    torch.testing.assert_close(area, torch.tensor([0.25, 0.25]))  # uniform attention scores exactly the area
+    with pytest.raises(ValueError, match="patch grid"):
+        patch_fractions(torch.zeros(1, 5, 5), (2, 2))
 
 
 def test_overlay_compositing_arithmetic():

@@ -1,13 +1,82 @@
-"""MoCHi hard-negative mixing (SimCLR option): synthetic negatives against a per-anchor loop, loss and gradients."""
+"""SimCLR: NT-Xent and DCL/DCLW against lightly and an explicit loop, simulated rank offsets; MoCHi hard-negative
+mixing (SimCLR option): synthetic negatives against a per-anchor loop, loss and gradients, and a run through the
+engine."""
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.methods.helpers import _fake_dist, _pair
 from workbench.config import ConfigError
+from workbench.methods import simclr as simclr_mod
 from workbench.methods.simclr import SimCLRConfig, mochi_negatives, nt_xent_loss
 
+lightly_loss = pytest.importorskip("lightly.loss")
+
+
+# ---------------------------------------------------------------- SimCLR / DCL
+
+@pytest.mark.parametrize("temperature", [0.2, 0.5])
+def test_nt_xent_matches_lightly(temperature):
+    z1, z2 = _pair()
+    ours = nt_xent_loss(z1, z2, temperature)
+    ref = lightly_loss.NTXentLoss(temperature=temperature)(z1, z2)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+def _dcl_by_hand(z1, z2, t, sigma=None):
+    """Eq. 6 of Yeh et al. with loops: anchor (view v, image i); positive (other view, i); negatives: every
+    other view of every other image (2(B-1) of them); the positive term weighted by DCLW's w_i."""
+    z = [[F.normalize(z1, dim=1)[i].double() for i in range(len(z1))],
+         [F.normalize(z2, dim=1)[i].double() for i in range(len(z2))]]
+    b = len(z1)
+    w = [1.0] * b
+    if sigma is not None:
+        e = [math.exp(float(z[0][i] @ z[1][i]) / sigma) for i in range(b)]
+        w = [2 - e[i] / (sum(e) / b) for i in range(b)]
+    total = 0.0
+    for v in range(2):
+        for i in range(b):
+            pos = float(z[v][i] @ z[1 - v][i]) / t
+            neg = sum(math.exp(float(z[v][i] @ z[u][j]) / t) for u in range(2) for j in range(b) if j != i)
+            total += -w[i] * pos + math.log(neg)
+    return total / (2 * b)
+
+
+@pytest.mark.filterwarnings("ignore:To copy construct from a tensor")  # inside lightly's DCLW weights
+def test_dcl_and_dclw_by_hand_and_lightly():
+    z1, z2 = _pair(4, 3, seed=1)
+    dcl = nt_xent_loss(z1, z2, 0.1, decoupled=True)
+    assert float(dcl) == pytest.approx(_dcl_by_hand(z1, z2, 0.1), rel=1e-5)
+    torch.testing.assert_close(dcl, lightly_loss.DCLLoss(temperature=0.1)(z1, z2), rtol=1e-5, atol=1e-6)
+    dclw = nt_xent_loss(z1, z2, 0.1, decoupled=True, dcl_sigma=0.5)
+    assert float(dclw) == pytest.approx(_dcl_by_hand(z1, z2, 0.1, sigma=0.5), rel=1e-5)
+    torch.testing.assert_close(dclw, lightly_loss.DCLWLoss(temperature=0.1, sigma=0.5)(z1, z2), rtol=1e-5,
+                               atol=1e-6)
+    assert abs(float(dclw) - float(dcl)) > 1e-4  # the weighting changes the value
+    # removing the positive from the denominator lowers the loss below NT-Xent's
+    assert float(dcl) < float(nt_xent_loss(z1, z2, 0.1))
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_nt_xent_rank_offsets(monkeypatch, decoupled):
+    """Two simulated ranks holding halves of the batch: the mean of their losses is the one-process loss."""
+    z1, z2 = _pair(8, 4, seed=2)
+    whole = nt_xent_loss(z1, z2, 0.2, decoupled=decoupled)
+    n1, n2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    per_rank = []
+    for r in range(2):
+        _fake_dist(monkeypatch, simclr_mod, r, [n1, n2])
+        sl = slice(4 * r, 4 * r + 4)
+        per_rank.append(nt_xent_loss(z1[sl], z2[sl], 0.2, decoupled=decoupled))
+    torch.testing.assert_close((per_rank[0] + per_rank[1]) / 2, whole, rtol=1e-5, atol=1e-6)
+    assert abs(float(per_rank[0] - per_rank[1])) > 1e-4  # each rank really used its own rows
+
+
+# ---------------------------------------------------------------- MoCHi
 
 def _reference_loss(z1, z2, t, hardest, mix, mix_query, seed):
     """NT-Xent with MoCHi written anchor by anchor, drawing the same random numbers in the same order."""

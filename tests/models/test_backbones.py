@@ -1,16 +1,14 @@
-"""Typed options: backbone options, method recipes, the views a method needs, and the ViT's any-size embedding."""
+"""Backbones: typed options (unknown keys, pretrained weights, bad ranges rejected when the config is made) and the
+ViT's any-size embedding."""
 from __future__ import annotations
-
-import dataclasses
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from workbench.config import ConfigError, apply_overrides, from_dict
-from workbench.methods import Batch, Progress, Recipe, build_method
 from workbench.models.backbones import SmallCNNOptions, ViTOptions, backbone_options, build_backbone
-from workbench.train.config import ModelConfig, PretrainConfig, resolve_train
+from workbench.train.config import ModelConfig, PretrainConfig
 
 
 # ---------------------------------------------------------------------------------------------- backbone options
@@ -102,58 +100,3 @@ def test_vit_training_size_and_strict_paths_are_unchanged():
     with pytest.raises(ValueError, match="this ViT takes 32x32 images, got 16x16"):
         bb.patchify_embed(torch.randn(2, 3, 16, 16))  # fixed-grid callers (MAE / I-JEPA masks) keep the error
     assert bb.num_layers == 3 and len(bb.attention_maps(x)) == 3
-
-
-def test_multicrop_pooled_runs_local_crops_through_the_vit():
-    from workbench.methods.dino import multicrop_pooled
-
-    torch.manual_seed(0)
-    bb = build_backbone("vit_tiny", 32, 3, patch_size=4, depth=2).eval()
-    views = [torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32), torch.randn(2, 3, 16, 16)]
-    feats = multicrop_pooled(bb, views)
-    assert feats.shape == (3, 2, bb.feature_dim)
-    torch.testing.assert_close(feats[2], bb.encode(bb.embed_any_size(views[2]))[:, 0])
-    torch.testing.assert_close(feats[0], bb(views[0]))
-
-
-# ---------------------------------------------------------------------------------------------- recipes
-def test_recipe_rejects_unknown_keys_and_bad_values():
-    with pytest.raises(TypeError, match="momentum"):
-        Recipe(optimizer="sgd", momentum=0.9)
-    with pytest.raises(ConfigError, match=r"Recipe has no field\(s\) \['momentum'\]; known fields: .*'lr'"):
-        from_dict(Recipe, {"momentum": 0.9})
-    with pytest.raises(ConfigError, match=r"Recipe.optimizer='adam' is not allowed.*'lars', 'adamw', 'sgd'"):
-        Recipe(optimizer="adam")
-    with pytest.raises(ConfigError, match=r"Recipe.lr=0 is out of range"):
-        Recipe(lr=0)
-    with pytest.raises(ConfigError, match=r"Recipe.betas\[1\]=1.0 is out of range"):
-        Recipe(betas=(0.9, 1.0))
-
-
-def test_recipe_states_only_its_changes_and_resolve_train_reads_them():
-    r = Recipe(optimizer="sgd", lr=0.5)
-    assert r.changes() == {"optimizer": "sgd", "lr": 0.5}
-    assert Recipe().changes() == {}
-    for name in ("mocov3", "mae"):
-        cfg = PretrainConfig(method=name, model={"backbone": "vit_tiny"})
-        recipe = cfg.method_class.recipe
-        resolved = resolve_train(cfg)
-        assert (resolved.optimizer, resolved.base_lr, resolved.weight_decay, resolved.warmup_epochs,
-                resolved.betas) == (recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.warmup_epochs,
-                                    recipe.betas)
-    assert resolve_train(PretrainConfig(method="mae", model={"backbone": "vit_tiny"})).betas == (0.9, 0.95)
-    assert dataclasses.replace(Recipe(), warmup_epochs=0).changes() == {"warmup_epochs": 0}
-
-
-# ---------------------------------------------------------------------------------------------- views
-def test_two_view_methods_name_the_preset_when_a_view_is_missing():
-    model = build_method("simsiam", build_backbone("small_cnn", 16, 3, width=4),
-                         {"proj_hidden_dim": 16, "proj_output_dim": 16, "pred_hidden_dim": 8})
-    x = torch.randn(4, 3, 16, 16)
-    with pytest.raises(ConfigError, match=r"simsiam needs 2 views per image, got 1; use the 'simclr' preset"):
-        model.training_step(Batch(views=[x], num_global=1), Progress())
-    out = model.training_step(Batch(views=[x, x.flip(-1), x]), Progress())  # extra views are ignored
-    assert out.features.shape == (4, 32) and torch.isfinite(out.loss)  # backbone features: 8 * width
-    with pytest.raises(ConfigError, match=r"byol needs 2 views per image, got 1; use the 'byol' preset"):
-        PretrainConfig(method="byol", augment={"preset": "mae"})
-    assert PretrainConfig(method="mae", model={"backbone": "vit_tiny"}).method_class.num_views == 1

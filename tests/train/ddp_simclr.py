@@ -1,7 +1,7 @@
 """Run under ``torchrun --nproc_per_node=2``: SimCLR gradients through DDP (each rank half of a fixed batch,
 negatives all-gathered with gradients), then a short ``pretrain`` over both processes.
 
-Usage: torchrun --nproc_per_node=2 tests/ddp_simclr.py OUT_DIR. Rank 0 writes OUT_DIR/ddp_grads.pt (the
+Usage: torchrun --nproc_per_node=2 tests/train/ddp_simclr.py OUT_DIR. Rank 0 writes OUT_DIR/ddp_grads.pt (the
 DDP-averaged gradients) and OUT_DIR/runs/<run> (the pretraining run).
 """
 from __future__ import annotations

@@ -11,25 +11,22 @@ import pytest
 import torch
 
 HERE = Path(__file__).parent
+ROOT = HERE.parents[1]  # the repository root
 
 
 @pytest.mark.slow
 def test_simclr_ddp_gradients_equal_single_process_on_the_concatenated_batch(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("CI", None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(HERE / "ddp_simclr.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=HERE.parent)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     if proc.returncode != 0 and "Signal" in proc.stderr:  # gloo aborted by a signal on an overloaded host: once more
         print("first torchrun attempt was killed by a signal; retrying:\n" + proc.stderr[-2000:])
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=HERE.parent)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    sys.path.insert(0, str(HERE))
-    try:
-        from ddp_simclr import build_simclr, fixed_views
-    finally:
-        sys.path.remove(str(HERE))
+    from tests.train.ddp_simclr import build_simclr, fixed_views
     from workbench.methods import Batch, Progress
 
     method = build_simclr()

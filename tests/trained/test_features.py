@@ -1,42 +1,17 @@
-"""Feature extraction, caching, baselines, bad-input errors, few-label fine-tuning and distillation on tiny images."""
+"""workbench.trained.extract_features on tiny images: shapes, labels and factors, batching, caching (of a backbone
+and of a run's checkpoint), the random-init and raw-pixel baselines, and bad-input errors."""
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
 import workbench.trained.features as features_mod
-from workbench.data.base import ImageDataset
-from workbench.evaluation import Classifier, distill, distillation_loss, evaluate, few_label_finetune
+from tests.colours import _colours, colour_data
+from workbench.evaluation import evaluate, few_label_finetune
 from workbench.trained import RawPixels, extract_features, random_init_like
 from workbench.models import build_backbone
-
-PALETTE = torch.tensor([[220, 40, 40], [40, 200, 60], [50, 70, 230], [230, 220, 50]], dtype=torch.float32)
-
-
-def colour_data(n: int, size: int = 16, seed: int = 0, split: str = "train", channels: int = 3) -> ImageDataset:
-    """Class = colour of a square on a noisy grey background; factors: colour (= class), pos_x (float)."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 4, (n,), generator=g)
-    img = 100 + 30 * torch.rand(n, 3, size, size, generator=g)
-    pos = torch.randint(0, size // 2, (n,), generator=g)
-    cols = torch.arange(size)
-    mask = ((cols[None, :] >= pos[:, None]) & (cols[None, :] < pos[:, None] + size // 2)).float()  # [n, W]
-    square = mask[:, None, None, :] * mask.new_ones(n, 1, size, 1)
-    img = img * (1 - square) + PALETTE[y][:, :, None, None] * square
-    img = img[:, :channels].round().clamp(0, 255).to(torch.uint8)
-    return ImageDataset(img, y, ["red", "green", "blue", "yellow"], "colours", split,
-                        factors={"colour": y.clone(), "pos_x": pos.float()})
-
-
-@pytest.fixture(scope="module")
-def data():
-    return colour_data(400, seed=0), colour_data(200, seed=1, split="test")
-
-
-@pytest.fixture(scope="module")
-def backbone():
-    torch.manual_seed(0)
-    return build_backbone("small_cnn", image_size=16, in_chans=3, width=8).eval()
 
 
 def test_extract_features_shapes_labels_factors_and_batching(data, backbone):
@@ -93,6 +68,22 @@ def test_cache_hits_and_invalidates(tmp_path, data, backbone, monkeypatch):
     assert len(calls) == 4
 
 
+def test_run_features_are_cached_and_invalidated_by_a_new_checkpoint(tiny_run, monkeypatch):
+    test = _colours("test", n=64)
+    calls = []
+    real = features_mod.encode
+    monkeypatch.setattr(features_mod, "encode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    a = extract_features(tiny_run, test)
+    b = extract_features(tiny_run, test)
+    assert len(calls) == 1 and torch.equal(a.features, b.features)
+    assert any(tiny_run.cache_dir.glob(f"features-last-pretrained-colours-test-*.pt"))
+    ckpt = tiny_run.checkpoint_path("last")
+    st = ckpt.stat()
+    os.utime(ckpt, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000_000))  # "a new checkpoint"
+    extract_features(tiny_run, test)
+    assert len(calls) == 2
+
+
 def test_mismatched_data_errors_say_what_to_pass(data, backbone):
     gray = colour_data(20, channels=1)
     with pytest.raises(ValueError, match=r"1-channel images but the backbone takes 3.*channels=3"):
@@ -116,51 +107,6 @@ def test_run_without_checkpoint_is_an_actionable_error(tmp_path, data):
         extract_features(run, data[0])
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
         evaluate(run.path, data=data)
-
-
-def test_evaluate_backbone_table_with_baselines(data, backbone):
-    table = evaluate(backbone, data=data, metrics="knn,linear,kmeans,factors", baselines=True, device="cpu",
-                     options={"knn_ks": (10,)})
-    assert list(table.columns) == ["model", "name", "value", "split", "settings"]
-    assert set(table["model"]) == {"pretrained", "random_init", "raw_pixels"}
-    wide = table.pivot_table(index="name", columns="model", values="value")
-    assert {"knn_top1_k10", "linear_top1", "kmeans_nmi", "kmeans_ari", "factor_colour_accuracy",
-            "factor_pos_x_r2", "factor_label_accuracy"} <= set(wide.index)
-    # the colour of the square is linearly readable from raw pixels
-    assert wide.loc["linear_top1", "raw_pixels"] > 0.9
-    assert wide.loc["factor_colour_accuracy", "raw_pixels"] == pytest.approx(wide.loc["linear_top1", "raw_pixels"])
-    assert (table["split"] == "test").all()
-
-
-def test_evaluate_wires_finetune_and_distill(data, backbone):
-    table = evaluate(backbone, data=data, metrics="distill", baselines=["raw_pixels"], device="cpu",
-                     options={"fractions": (0.1,), "finetune_min_steps": 10, "distill_min_steps": 5,
-                              "finetune_epochs": 1, "distill_epochs": 1})
-    assert set(table["name"]) == {"finetune_top1_10pct", "distill_top1_10pct"}
-    assert set(table["model"]) == {"pretrained", "raw_pixels"}
-    ft = table[(table["name"] == "finetune_top1_10pct") & (table["model"] == "pretrained")]["settings"].item()
-    assert ft["num_labeled"] == 40 and ft["steps"] == 10
-    assert table["value"].between(0, 1).all()
-
-
-def test_few_label_finetune_and_distillation(data, backbone):
-    train, test = data
-    ft = few_label_finetune(backbone, train, test, fraction=0.1, epochs=1, min_steps=40, batch_size=16, lr=0.05,
-                            seed=0, device="cpu")
-    assert ft.num_labeled == 40 and ft.settings["per_class"] == 10 and ft.settings["steps"] == 40
-    assert ft.top1 > 0.6, ft.top1  # chance is 0.25
-    assert isinstance(ft.model, Classifier) and ft.model.head.out_features == 4
-    ds = distill(ft, train, test, epochs=3, min_steps=0, batch_size=32, lr=0.05, seed=0, device="cpu")
-    assert ds.teacher_top1 == pytest.approx(ft.top1)
-    assert ds.top1 > 0.5, ds.top1
-    assert ds.top1 >= ds.teacher_top1 - 0.2
-    with pytest.raises(ValueError, match="images per class"):
-        few_label_finetune(backbone, train, test, fraction=0.005)
-    # distillation loss: equals the cross-entropy to the teacher's softmax; minimal when the logits agree
-    t = torch.tensor([[2.0, 0.0, -1.0]])
-    p = torch.softmax(t / 2.0, 1)
-    assert distillation_loss(t, t, 2.0) == pytest.approx(float(-(p * p.log()).sum()), rel=1e-5)
-    assert distillation_loss(-t, t, 2.0) > distillation_loss(t, t, 2.0)
 
 
 def test_raw_pixels_module():

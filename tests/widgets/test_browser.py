@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 NOTEBOOK = "00_quickstart.ipynb"
