@@ -19,9 +19,9 @@ class AttentionViewer(WidgetBase):
     """Attention and patch views of ``images`` under a pretrained backbone.
 
     ``source``: anything ``workbench.trained.load_trained`` takes (a run folder or Run, a checkpoint, a Method,
-    a (backbone, info) pair, a backbone); its recorded normalisation is used unless ``mean``/``std`` are given. ``images``: ImageDataset or uint8 [N, C, H, W] at the backbone's image size. Views: ``attention``
-    (CLS-to-patch attention of a layer and head or the mean over heads), ``rollout`` (all layers),
-    ``attention mask`` (DINO: the patches holding ``share`` of the mass) — ViT only; ``patch similarity`` (click
+    a (backbone, info) pair, a backbone); its recorded normalisation is used unless ``mean``/``std`` are given.
+    ``images``: ImageDataset or uint8 [N, C, H, W] at the backbone's image size. Views: ``attention``
+    (CLS-to-patch attention of a layer and head or the mean over heads), ``rollout`` (all layers), ``attention mask`` (DINO: the patches holding ``share`` of the mass) — ViT only; ``patch similarity`` (click
     a patch of the left image; cosine similarity of every patch of the left and right image to it) and ``PCA``
     (first three components of the patch features of both images as RGB) — every backbone, CNNs included.
     """
@@ -53,7 +53,7 @@ class AttentionViewer(WidgetBase):
         controls = W.VBox([self.view, self.index, self.second, self.layer, self.head, self.opacity, self.share,
                            self.pca_threshold])
         self.widget = W.VBox([self.error, W.HBox([controls, self.fig]), self.info_area])
-        self.widget.add_class("wb-attention-viewer")  # CSS hooks for the browser test (tests/test_browser.py)
+        self.widget.add_class("wb-attention-viewer")  # CSS hooks for tests/widgets/test_browser.py
         self.fig.add_class("wb-attention-plot")
         try:
             from workbench.trained import load_trained

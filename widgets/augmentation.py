@@ -57,7 +57,7 @@ class AugmentationExplorer(WidgetBase):
         controls = W.VBox([self.preset, self.view, self.scale, *self.sliders.values(), self.seed, self.n_images,
                            self.mode, self.mask_ratio, self.patch_size])
         self.widget = W.VBox([self.error, W.HBox([controls, W.VBox([self.image, self.caption_area])])])
-        self.widget.add_class("wb-augmentation-explorer")  # CSS hooks for the browser test (tests/test_browser.py)
+        self.widget.add_class("wb-augmentation-explorer")  # CSS hooks for tests/widgets/test_browser.py
         self.image.add_class("wb-augmentation-grid")
         for k, s in self.sliders.items():
             s.add_class(f"wb-slider-{k}")

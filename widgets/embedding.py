@@ -54,7 +54,7 @@ class EmbeddingExplorer(WidgetBase):
         self._plot_row = W.HBox([self.fig, W.VBox([self.thumb, self.thumb_caption])])
         self.widget = W.VBox([self.error, W.HBox([self.color_by, self.projection]), self.status, self._plot_row,
                               self.gallery])
-        self.widget.add_class("wb-embedding-explorer")  # CSS hooks for the browser test (tests/test_browser.py)
+        self.widget.add_class("wb-embedding-explorer")  # CSS hooks for tests/widgets/test_browser.py
         self.gallery.add_class("wb-embedding-gallery")
         self.thumb.add_class("wb-embedding-thumb")
         try:

@@ -45,7 +45,7 @@ class TrainingMonitor(WidgetBase):
         self.warning = W.HTML()
         self.fig = go.FigureWidget(curves_figure({"run": []}, dim=dim))
         self.widget = W.VBox([self.error, self.header, self.warning, self.fig])
-        self.widget.add_class("wb-training-monitor")  # CSS hook for the browser test (tests/test_browser.py)
+        self.widget.add_class("wb-training-monitor")  # CSS hook for tests/widgets/test_browser.py
         if source is not None:
             try:
                 self.follow(source, start=autostart)

@@ -1,5 +1,5 @@
-"""Optimizer groups (no weight decay on biases and norms, EMA teachers left out), LARS and the warm-up cosine
-schedule against hand computation."""
+"""Optimizer groups (no weight decay on biases and norms, EMA teachers left out), LARS against hand computation
+and against an independent implementation (lightly's), and the warm-up cosine schedule."""
 from __future__ import annotations
 
 import math
@@ -86,3 +86,34 @@ def test_warmup_cosine_schedule_values():
         opt.step()
         sched.step()
     assert lrs == pytest.approx([0.4 * e for e in expected])
+
+
+def test_lars_matches_lightlys_implementation_over_several_steps():
+    """Our LARS without clipping (the LARS paper's form) against lightly's (from PyTorch Lightning Bolts): the
+    decayed group is trust-ratio scaled, the group without weight decay is plain momentum SGD in both."""
+    lightly_lars = pytest.importorskip("lightly.utils.lars").LARS
+    torch.manual_seed(0)
+    ours_model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    ref_model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    ref_model.load_state_dict(ours_model.state_dict())
+
+    def groups(model: nn.Module, lars_flag: bool) -> list[dict]:
+        weights = [p for p in model.parameters() if p.ndim >= 2]
+        biases = [p for p in model.parameters() if p.ndim < 2]
+        extra = ({"lars_exclude": False}, {"lars_exclude": True}) if lars_flag else ({}, {})
+        return [{"params": weights, "weight_decay": 1e-3, **extra[0]},
+                {"params": biases, "weight_decay": 0.0, **extra[1]}]
+
+    ours = LARS(groups(ours_model, True), lr=0.5, momentum=0.9, eta=0.001, clip_lr=False)
+    ref = lightly_lars(groups(ref_model, False), lr=0.5, momentum=0.9, trust_coefficient=0.001)
+    start = [p.detach().clone() for p in ours_model.parameters()]
+    x, y = torch.randn(32, 6), torch.randn(32, 3)
+    for _ in range(5):
+        for model, opt in ((ours_model, ours), (ref_model, ref)):
+            opt.zero_grad()
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+    for (name, a), b in zip(ours_model.named_parameters(), ref_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
+    assert all(not torch.equal(p0, p) for p0, p in zip(start, ours_model.parameters()))  # every tensor moved
+

@@ -6,7 +6,7 @@ widgets can show what was drawn and tests can replay each sample through
 ``torchvision.transforms.v2.functional``. Images are float ``[B, C, H, W]`` in [0, 1] with C = 1 or 3
 (for one channel, saturation, hue and grayscale are the identity, as in torchvision).
 
-Reference semantics (checked in tests/test_augment_ops.py):
+Reference semantics (checked in tests/augment/test_ops.py):
 - crop parameters follow ``torchvision.transforms.RandomResizedCrop.get_params`` (10 attempts with
   log-uniform aspect ratio, then the centre-crop fallback), vectorized over the batch;
 - ``resized_crop`` matches ``torchvision.transforms.v2.functional.resized_crop(img, top, left, h, w,
