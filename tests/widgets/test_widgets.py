@@ -250,7 +250,8 @@ def test_training_monitor_follows_folder_and_warns_on_collapse(tmp_path):
     run.log_metrics({"kind": "step", "step": 12, "loss": 3.0, "lr": 0.1, "rankme": 2.0, "std": 0.001})
     run.set_status("completed")
     deadline = time.time() + 10
-    while len(mon.fig.data[0].x) < 12 and time.time() < deadline:
+    # the record and the status are two writes: wait until the poller has shown both (it stops at "completed")
+    while (len(mon.fig.data[0].x) < 12 or "completed" not in mon.header.value) and time.time() < deadline:
         time.sleep(0.05)
     mon.stop()
     assert len(mon.fig.data[0].x) == 12 and "completed" in mon.header.value
