@@ -1,6 +1,6 @@
 """Run records: one directory per run, written atomically, readable by notebooks, widgets and the CLI.
 
-Layout (DESIGN.md, "Runs and reproducibility")::
+Layout (README, "Runs")::
 
     runs/<YYYYmmdd-HHMMSS>-<method>-<data>-<id>/
         config.json  env.json  metrics.jsonl  status.json  summary.json  [links.json]
