@@ -6,8 +6,8 @@ build figures, embeddings or colours.
 """
 from workbench.inspect.attention import (CNN_VIEWS_HINT, NotAViTError, attention_image, attention_maps,
                                          attention_rollout, attention_share, check_image_size, check_vit,
-                                         cls_attention, head_attention, patch_fractions, threshold_mass, to_grid,
-                                         upsample)
+                                         cls_attention, head_attention, num_prefix_tokens, patch_fractions,
+                                         threshold_mass, to_grid, upsample)
 from workbench.inspect.curves import (CURVE_METRICS, CollapseStatus, collapse_status, curves_figure, series,
                                       split_records)
 from workbench.inspect.colors import color_spec, colormap, palette, palette_rgb, spec_colors, to_rgb
@@ -24,7 +24,8 @@ from workbench.inspect.views import augmentation_grid, caption, ijepa_mask_image
 
 __all__ = [
     "CNN_VIEWS_HINT", "NotAViTError", "attention_image", "attention_maps", "attention_rollout", "attention_share",
-    "check_image_size", "check_vit", "cls_attention", "head_attention", "patch_fractions", "threshold_mass",
+    "check_image_size", "check_vit", "cls_attention", "head_attention", "num_prefix_tokens", "patch_fractions",
+    "threshold_mass",
     "to_grid", "upsample",
     "CURVE_METRICS", "CollapseStatus", "collapse_status", "curves_figure", "series",
     "split_records", "color_spec", "colormap", "palette", "palette_rgb", "spec_colors", "to_rgb",

@@ -2,7 +2,10 @@
 attention rollout (Abnar & Zuidema 2020), upsampling to image size and overlays.
 
 Attention tensors are the backbone's ``attention_maps(x)``: one softmax tensor per layer, [B, heads, T, T]
-with T = 1 + L (CLS first, then L patches in row-major order).
+with T = P + L: P prefix tokens (CLS first, then any register tokens, as in DINOv2 with registers), then the L
+patches in row-major order. Register tokens take part in the attention but are not patches: every patch view
+reads the CLS row at the patch columns only (``num_prefix`` = P; :func:`num_prefix_tokens` finds it from the
+grid).
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-CNN_VIEWS_HINT = ("attention maps need a ViT backbone (vit_tiny, vit_small); for a CNN use the "
+CNN_VIEWS_HINT = ("attention maps need a ViT backbone (vit_tiny, vit_small, a timm ViT); for a CNN use the "
                   "patch-similarity and PCA-of-patch-features views, which work for every backbone")
 
 
@@ -47,15 +50,27 @@ def attention_maps(backbone: torch.nn.Module, images: torch.Tensor) -> list[torc
     return [a.float().cpu() for a in backbone.attention_maps(images)]
 
 
-def cls_attention(maps: Sequence[torch.Tensor] | torch.Tensor, layer: int = -1) -> torch.Tensor:
-    """CLS-to-patch attention of one layer: [B, heads, L] (the CLS query row, patch key columns)."""
+def num_prefix_tokens(maps: Sequence[torch.Tensor] | torch.Tensor, grid: tuple[int, int]) -> int:
+    """P, the tokens before the patches (CLS + registers), of attention maps [B, heads, T, T] over a grid (h, w):
+    T - h*w. A ValueError unless the CLS token is there (P >= 1)."""
+    t, (h, w) = maps[0].shape[-1], grid
+    if t - h * w < 1:
+        raise ValueError(f"attention over {t} tokens does not hold a CLS token and a {h}x{w} patch grid")
+    return t - h * w
+
+
+def cls_attention(maps: Sequence[torch.Tensor] | torch.Tensor, layer: int = -1, num_prefix: int = 1) -> torch.Tensor:
+    """CLS-to-patch attention of one layer: [B, heads, L] (the CLS query row, the patch key columns after the
+    ``num_prefix`` prefix tokens: 1 for CLS alone, 1 + R with R register tokens)."""
     a = maps[layer]
-    return a[:, :, 0, 1:]
+    return a[:, :, 0, num_prefix:]
 
 
-def head_attention(maps: Sequence[torch.Tensor], layer: int = -1, head: int | str = "mean") -> torch.Tensor:
-    """CLS-to-patch attention [B, L] of ``head`` (an index) or the mean over heads (``"mean"``)."""
-    a = cls_attention(maps, layer)
+def head_attention(maps: Sequence[torch.Tensor], layer: int = -1, head: int | str = "mean",
+                   num_prefix: int = 1) -> torch.Tensor:
+    """CLS-to-patch attention [B, L] of ``head`` (an index) or the mean over heads (``"mean"``); ``num_prefix``
+    as in :func:`cls_attention`."""
+    a = cls_attention(maps, layer, num_prefix)
     if head == "mean":
         return a.mean(dim=1)
     h = int(head)
@@ -80,8 +95,9 @@ def threshold_mass(attn: torch.Tensor, share: float = 0.6) -> torch.Tensor:
 def attention_rollout(maps: Sequence[torch.Tensor], residual: float = 0.5, head_fusion: str = "mean",
                       start_layer: int = 0) -> torch.Tensor:
     """Attention rollout [B, T, T]: per layer A' = residual * I + (1 - residual) * fuse_heads(A), rows
-    renormalised to sum to 1, multiplied from the first layer up (R = A'_L ... A'_1). The CLS row
-    ``R[:, 0, 1:]`` is the patch relevance map. ``head_fusion``: mean, max or min over heads."""
+    renormalised to sum to 1, multiplied from the first layer up (R = A'_L ... A'_1). The CLS row at the patch
+    columns, ``R[:, 0, P:]`` (P prefix tokens), is the patch relevance map; registers stay in the product, as
+    tokens that carry attention between layers. ``head_fusion``: mean, max or min over heads."""
     if head_fusion not in ("mean", "max", "min"):
         raise ValueError(f"head_fusion={head_fusion!r} must be 'mean', 'max' or 'min'")
     result = None
@@ -117,13 +133,15 @@ def attention_image(maps: Sequence[torch.Tensor], grid: tuple[int, int], image_s
                     layer: int = -1, head: int | str = "mean", share: float = 0.6, residual: float = 0.5,
                     mode: str = "nearest") -> np.ndarray:
     """The heat map [B, H, W] (float in [0, 1] per image) of one attention view: ``attention`` (layer, head),
-    ``rollout`` (all layers), or ``mask`` (DINO threshold of layer/head at ``share`` of the mass; 0/1)."""
+    ``rollout`` (all layers), or ``mask`` (DINO threshold of layer/head at ``share`` of the mass; 0/1).
+    Prefix tokens (CLS, registers) are told from the patches by the grid: T - h*w of them."""
+    prefix = num_prefix_tokens(maps, grid)
     if kind == "attention":
-        vals = head_attention(maps, layer, head)
+        vals = head_attention(maps, layer, head, prefix)
     elif kind == "rollout":
-        vals = attention_rollout(maps, residual)[:, 0, 1:]
+        vals = attention_rollout(maps, residual)[:, 0, prefix:]
     elif kind == "mask":
-        vals = threshold_mass(head_attention(maps, layer, head), share).float()
+        vals = threshold_mass(head_attention(maps, layer, head, prefix), share).float()
     else:
         raise ValueError(f"kind={kind!r} must be 'attention', 'rollout' or 'mask'")
     up = upsample(to_grid(vals, grid), image_size, mode).numpy()

@@ -17,10 +17,15 @@ from workbench.inspect.views import draw_boxes
 
 @torch.no_grad()
 def patch_tokens(backbone: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Spatial tokens [B, h*w, D] (float32, CPU) and the grid (h, w) of normalised images [B, C, H, W]."""
+    """Spatial tokens [B, h*w, D] (float32, CPU) and the grid (h, w) of normalised images [B, C, H, W]. A ViT's
+    prefix tokens (CLS, registers) are not among them: ``forward_features`` returns the patches alone."""
     check_image_size(backbone, images)
     feats = backbone.forward_features(images)
-    return feats.tokens.float().cpu(), tuple(int(g) for g in feats.grid)  # type: ignore[return-value]
+    grid = tuple(int(g) for g in feats.grid)
+    if feats.tokens.shape[1] != grid[0] * grid[1]:
+        raise ValueError(f"{type(backbone).__name__} returned {feats.tokens.shape[1]} spatial tokens for a "
+                         f"{grid[0]}x{grid[1]} grid; its forward_features must drop prefix (CLS/register) tokens")
+    return feats.tokens.float().cpu(), grid  # type: ignore[return-value]
 
 
 def patch_index(row: int, col: int, grid: tuple[int, int]) -> int:

@@ -6,6 +6,8 @@ tokens or the CNN's last feature map, flattened) for the attention and patch-sim
 ViTs also run on a subset of patches (``keep``: MAE, I-JEPA), embed crops of other sizes (multi-crop) and return
 per-layer attention. Each backbone family has an options dataclass (``SmallCNNOptions``, ``ResNetOptions``,
 ``ViTOptions``) validated on creation, so a misspelt or unsupported option is an error that lists the allowed ones.
+Beside these short names, ``timm:<model_name>``, ``hf-hub:<repo>`` and ``torchvision:<resnet>`` specs build any timm
+model or torchvision ResNet, random or with pretrained / local weights (``workbench.models.external``).
 """
 from __future__ import annotations
 
@@ -72,13 +74,19 @@ class SmallCNN(Backbone):
 
 
 class ResNet(Backbone):
-    """torchvision ResNet-18/50 without its classifier; ``small_stem`` swaps in a 3x3 stride-1 conv and no max-pool."""
+    """torchvision ResNet without its classifier; ``small_stem`` swaps in a 3x3 stride-1 conv and no max-pool.
 
-    def __init__(self, depth: int = 18, image_size: int = 32, in_chans: int = 3, small_stem: bool | None = None):
+    ``depth``: 18 or 50 (the short names), or any torchvision ResNet builder name (``"resnet34"``,
+    ``"wide_resnet50_2"``, ``"resnext50_32x4d"``...; ``torchvision:<name>`` specs). Weights start random here;
+    ``workbench.models.external`` loads pretrained or local weights into ``net``.
+    """
+
+    def __init__(self, depth: int | str = 18, image_size: int = 32, in_chans: int = 3, small_stem: bool | None = None):
         super().__init__()
         import torchvision
 
-        net = {18: torchvision.models.resnet18, 50: torchvision.models.resnet50}[depth](weights=None)
+        arch = depth if isinstance(depth, str) else f"resnet{depth}"
+        net = torchvision.models.get_model(arch, weights=None)
         if small_stem is None:
             small_stem = image_size <= 64
         if small_stem:
@@ -89,6 +97,7 @@ class ResNet(Backbone):
         self.feature_dim = net.fc.in_features
         net.fc = nn.Identity()
         self.net, self.image_size, self.in_chans, self.small_stem = net, image_size, in_chans, small_stem
+        self.arch = arch
 
     def forward_features(self, x: torch.Tensor) -> Features:
         n = self.net
@@ -97,43 +106,96 @@ class ResNet(Backbone):
         return Features(fmap.mean(dim=(2, 3)), fmap.flatten(2).transpose(1, 2), tuple(fmap.shape[2:]))
 
 
+def capture_attention(model: nn.Module, run: Callable[[], Any]) -> list[torch.Tensor]:
+    """Softmax attention [B, heads, T, T] of every timm attention module in ``model`` (module order), recorded
+    while ``run()`` runs.
+
+    timm's fused path (``scaled_dot_product_attention``) never forms the matrix, which is why its own extraction
+    asks for ``timm.layers.set_fused_attn(False)`` before a model is built. Here each module's ``fused_attn`` is
+    switched off only for this call, and the input of its ``attn_drop`` (the softmax) is recorded: the attention
+    the forward pass really used, for any timm attention module written that way (ViT, EVA/DINOv3, ...).
+    """
+    mods = [m for m in model.modules() if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None),
+                                                                                  nn.Module)]
+    if not mods:
+        raise ValueError(f"{type(model).__name__} has no timm attention modules (with fused_attn and attn_drop) "
+                         "to read attention from")
+    maps: list[torch.Tensor] = []
+    saved = [m.fused_attn for m in mods]
+    handles = [m.attn_drop.register_forward_hook(lambda _m, inputs, _out: maps.append(inputs[0].detach()))
+               for m in mods]
+    try:
+        for m in mods:
+            m.fused_attn = False
+        run()
+    finally:
+        for m, fused, h in zip(mods, saved, handles):
+            m.fused_attn = fused
+            h.remove()
+    return maps
+
+
 VIT_SIZES = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
 
 
 class ViT(Backbone):
-    """timm VisionTransformer (CLS token, learned positions) that can also encode only some patches.
+    """A timm VisionTransformer (the ``vit_tiny``/``vit_small`` short names, or any ``timm:`` ViT passed as ``vit``)
+    that can also encode only some patches.
 
-    ``forward_tokens(x, keep)`` encodes the patches whose indices are in ``keep`` (int64 [B, K]) and returns
-    all tokens after the final norm: [B, 1 + K, D] (CLS first). ``attention_maps(x)`` returns one
-    softmax attention tensor per layer, each [B, heads, 1 + L, 1 + L].
+    Prefix tokens: a CLS token (most ViTs) and register tokens (DINOv2-reg, ``reg_tokens=``) enter every block but
+    only CLS is returned: ``forward_tokens(x, keep)`` encodes the patches whose indices are in ``keep`` (int64
+    [B, K]) and returns the tokens after the final norm: [B, 1 + K, D] (CLS first). ``forward_features`` pools as
+    the timm model does (``forward_head(pre_logits=True)``) and returns the L patch tokens without prefix tokens.
+    ``attention_maps(x)`` returns one softmax attention tensor per layer, each [B, heads, T, T] with
+    T = ``num_prefix_tokens`` + L (CLS first, then registers, then patches).
     """
 
     kind = "vit"
 
     def __init__(self, size: str = "vit_tiny", image_size: int = 32, patch_size: int = 4, in_chans: int = 3,
-                 depth: int | None = None, drop_path_rate: float = 0.0):
+                 depth: int | None = None, drop_path_rate: float = 0.0, *, vit: nn.Module | None = None):
         super().__init__()
-        from timm.models.vision_transformer import VisionTransformer
+        if vit is None:
+            from timm.models.vision_transformer import VisionTransformer
 
-        if image_size % patch_size:
-            raise ValueError(f"ViT patch_size={patch_size} does not divide image_size={image_size}; "
-                             f"pick a patch size among {[p for p in range(2, image_size + 1) if image_size % p == 0]}")
-        dim, default_depth, heads = VIT_SIZES[size]
-        self.vit = VisionTransformer(img_size=image_size, patch_size=patch_size, in_chans=in_chans, num_classes=0,
-                                     embed_dim=dim, depth=depth or default_depth, num_heads=heads,
-                                     drop_path_rate=drop_path_rate, global_pool="token")
-        self.feature_dim, self.image_size, self.in_chans, self.patch_size = dim, image_size, in_chans, patch_size
-        self.grid = (image_size // patch_size, image_size // patch_size)
+            if image_size % patch_size:
+                raise ValueError(f"ViT patch_size={patch_size} does not divide image_size={image_size}; pick a "
+                                 f"patch size among {[p for p in range(2, image_size + 1) if image_size % p == 0]}")
+            dim, default_depth, heads = VIT_SIZES[size]
+            vit = VisionTransformer(img_size=image_size, patch_size=patch_size, in_chans=in_chans, num_classes=0,
+                                    embed_dim=dim, depth=depth or default_depth, num_heads=heads,
+                                    drop_path_rate=drop_path_rate, global_pool="token")
+        embed = vit.patch_embed
+        (ph, pw), (ih, iw) = embed.patch_size, embed.img_size
+        if ph != pw or ih != iw or ih % ph:
+            raise ValueError(f"{type(vit).__name__}: the workbench takes square images split into square patches "
+                             f"that divide them; got {ih}x{iw} px images and {ph}x{pw} patches")
+        self.vit = vit
+        self.feature_dim, self.image_size, self.in_chans, self.patch_size = vit.num_features, ih, embed.proj.in_channels, ph
+        self.grid = (ih // ph, iw // pw)
         self.num_patches = self.grid[0] * self.grid[1]
-        self.num_heads, self.num_layers = heads, len(self.vit.blocks)
+        self.num_prefix_tokens = int(vit.num_prefix_tokens)
+        self.has_class_token = vit.cls_token is not None
+        self.num_heads, self.num_layers = vit.blocks[0].attn.num_heads, len(vit.blocks)
+
+    def _patch_pos(self) -> torch.Tensor | None:
+        """The learned positions of the patches [1, L, D] (None for a ViT without absolute positions)."""
+        pos = self.vit.pos_embed
+        if pos is None:
+            return None
+        return pos if self.vit.no_embed_class else pos[:, self.num_prefix_tokens:]
 
     def patchify_embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Images [B, C, H, W] -> patch embeddings with positions added, [B, L, D] (no CLS)."""
+        """Images [B, C, H, W] -> patch embeddings with positions added, [B, L, D] (no prefix tokens)."""
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             raise ValueError(f"this ViT takes {self.image_size}x{self.image_size} images, got "
                              f"{x.shape[-2]}x{x.shape[-1]}; resize the input or build the backbone with "
                              f"image_size={x.shape[-1]}")
-        return self.vit.patch_embed(x) + self.vit.pos_embed[:, 1:]
+        tokens = self.vit.patch_embed(x)
+        if tokens.ndim == 4:  # dynamic_img_size patch embeddings come as [B, h, w, D]
+            tokens = tokens.flatten(1, 2)
+        pos = self._patch_pos()
+        return tokens if pos is None else tokens + pos
 
     def embed_any_size(self, x: torch.Tensor) -> torch.Tensor:
         """Crops of any size [B, C, h, w] -> patch embeddings with positions added, [B, (h'/p)*(w'/p), D] (no CLS).
@@ -151,16 +213,45 @@ class ViT(Backbone):
             x = F.interpolate(x, size=(h * p, w * p), mode="bilinear", align_corners=False)
         embed = self.vit.patch_embed
         tokens = embed.norm(embed.proj(x).flatten(2).transpose(1, 2))
-        pos = self.vit.pos_embed[:, 1:].reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
+        pos = self._patch_pos()
+        if pos is None:
+            return tokens
+        pos = pos.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
         pos = F.interpolate(pos.float(), size=(h, w), mode="bicubic", align_corners=False)
         return tokens + pos.to(tokens.dtype).permute(0, 2, 3, 1).reshape(1, h * w, -1)
 
+    def _prefix(self, batch: int, with_cls: bool = True) -> list[torch.Tensor]:
+        """The prefix tokens (CLS when ``with_cls``, then the registers) with their positions, each [B, n, D]."""
+        vit, out = self.vit, []
+        pos = None if vit.pos_embed is None or vit.no_embed_class else vit.pos_embed
+        i = 0
+        if vit.cls_token is not None:
+            if with_cls:
+                out.append((vit.cls_token if pos is None else vit.cls_token + pos[:, :1]).expand(batch, -1, -1))
+            i = 1
+        if vit.reg_token is not None:
+            r = vit.reg_token.shape[1]
+            out.append((vit.reg_token if pos is None else vit.reg_token + pos[:, i:i + r]).expand(batch, -1, -1))
+        return out
+
+    def _run(self, patches: torch.Tensor, with_cls: bool = True) -> torch.Tensor:
+        """Prefix tokens + embedded patches [B, K, D] through the blocks and the final norm: [B, n + K, D]."""
+        vit = self.vit
+        prefix = self._prefix(patches.shape[0], with_cls)
+        x = torch.cat([*prefix, patches], dim=1) if prefix else patches
+        return vit.norm(vit.blocks(vit.norm_pre(vit.pos_drop(x))))
+
     def encode(self, patches: torch.Tensor, with_cls: bool = True) -> torch.Tensor:
-        """Run the transformer on embedded patches [B, K, D]; returns normed tokens [B, (1+)K, D]."""
+        """Run the transformer on embedded patches [B, K, D]; returns normed tokens [B, (1+)K, D] (registers, which
+        take part in every block, are dropped from the output)."""
+        if with_cls and not self.has_class_token:
+            raise ValueError(f"this {type(self.vit).__name__} has no class token; MAE, I-JEPA and DINO's multi-crop "
+                             "read one (build the timm model with class_token=True)")
+        x = self._run(patches, with_cls)
+        regs = self.num_prefix_tokens - int(self.has_class_token)
         if with_cls:
-            cls = (self.vit.cls_token + self.vit.pos_embed[:, :1]).expand(patches.shape[0], -1, -1)
-            patches = torch.cat([cls, patches], dim=1)
-        return self.vit.norm(self.vit.blocks(patches))
+            return x if regs == 0 else torch.cat([x[:, :1], x[:, 1 + regs:]], dim=1)
+        return x[:, regs:]
 
     def forward_tokens(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         patches = self.patchify_embed(x)
@@ -169,24 +260,17 @@ class ViT(Backbone):
         return self.encode(patches)
 
     def forward_features(self, x: torch.Tensor) -> Features:
-        tokens = self.forward_tokens(x)
-        return Features(tokens[:, 0], tokens[:, 1:], self.grid)
+        tokens = self._run(self.patchify_embed(x))
+        return Features(self.vit.forward_head(tokens, pre_logits=True), tokens[:, self.num_prefix_tokens:],
+                        self.grid)
 
     @torch.no_grad()
     def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per-layer softmax attention [B, heads, T, T] (T = 1 + patches), recomputed from each block's qkv."""
-        tokens = torch.cat([(self.vit.cls_token + self.vit.pos_embed[:, :1]).expand(x.shape[0], -1, -1),
-                            self.patchify_embed(x)], dim=1)
-        maps = []
-        for block in self.vit.blocks:
-            attn = block.attn
-            b, t, d = tokens.shape
-            qkv = attn.qkv(block.norm1(tokens)).reshape(b, t, 3, attn.num_heads, d // attn.num_heads)
-            q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-            q, k = attn.q_norm(q), attn.k_norm(k)
-            maps.append(((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1))
-            tokens = block(tokens)
-        return maps
+        """Per-layer softmax attention [B, heads, T, T] (T = prefix tokens + patches) of one forward pass."""
+        if not self.has_class_token:
+            raise ValueError(f"this {type(self.vit).__name__} has no class token, so there is no CLS attention to "
+                             "show; the patch-similarity and PCA views work for it")
+        return capture_attention(self.vit, lambda: self._run(self.patchify_embed(x)))
 
 
 @dataclass(frozen=True)
@@ -239,15 +323,48 @@ BACKBONES: dict[str, tuple[type, Callable[[Any, int, int], Backbone]]] = {
 }
 
 
+@dataclass(frozen=True)
+class SpecFamily:
+    """How backbone names with a library prefix (``timm:``...) are validated and built: functions of
+    (name, options) -> options dataclass / "vit" or "cnn" / patch size or None, and build(name, image_size,
+    in_chans, **options) -> Backbone. ``workbench.models.external`` registers its families here on import."""
+
+    forms: tuple[str, ...]
+    options: Callable[[str, Mapping[str, Any]], Any]
+    kind: Callable[[str, Mapping[str, Any]], str]
+    patch_size: Callable[[str, Mapping[str, Any]], int | None]
+    build: Callable[..., Backbone]
+
+
+SPEC_FAMILIES: dict[str, SpecFamily] = {}  # name prefix -> family
+
+
+def spec_family(name: Any) -> SpecFamily | None:
+    """The family of a prefixed backbone name (``timm:resnet18`` -> timm's), None for a short name."""
+    if isinstance(name, str):
+        for prefix, family in SPEC_FAMILIES.items():
+            if name.startswith(prefix):
+                return family
+    return None
+
+
 def known_backbones() -> list[str]:
+    """The short names; ``timm:<model_name>``, ``hf-hub:<repo>`` and ``torchvision:<resnet>`` specs are accepted too."""
     return sorted(BACKBONES)
 
 
-def backbone_options(name: str, options: Mapping[str, Any]) -> SmallCNNOptions | ResNetOptions | ViTOptions:
+def backbone_options(name: str, options: Mapping[str, Any]) -> Any:
     """Backbone ``name``'s options dataclass built from the plain dict ``options`` (values coerced as from JSON
-    or the CLI). An unknown backbone, an unknown option or a value out of range is a ConfigError naming it."""
+    or the CLI). An unknown backbone, an unknown option or a value out of range is a ConfigError naming it.
+    A ``timm:``/``hf-hub:``/``torchvision:`` spec gets ``TimmOptions`` / ``TorchvisionOptions`` (see
+    ``workbench.models.external``)."""
+    family = spec_family(name)
+    if family is not None:
+        return family.options(name, options)
     if name not in BACKBONES:
-        raise ConfigError(f"unknown backbone {name!r}; known backbones: {known_backbones()}")
+        forms = sorted({f for fam in SPEC_FAMILIES.values() for f in fam.forms})
+        raise ConfigError(f"unknown backbone {name!r}; known backbones: {known_backbones()}"
+                          + (f", or a spec {forms}" if forms else ""))
     cls = BACKBONES[name][0]
     allowed = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(options) - set(allowed))
@@ -259,15 +376,38 @@ def backbone_options(name: str, options: Mapping[str, Any]) -> SmallCNNOptions |
         raise ConfigError(f"backbone {name!r}: {e}") from None
 
 
+def backbone_kind(name: str, options: Mapping[str, Any]) -> str:
+    """``"vit"`` (patch tokens and attention) or ``"cnn"`` for backbone ``name`` with ``options``, without
+    building it (a timm spec is looked at on the meta device)."""
+    family = spec_family(name)
+    if family is not None:
+        return family.kind(name, options)
+    backbone_options(name, options)
+    return "vit" if BACKBONES[name][0] is ViTOptions else "cnn"
+
+
+def backbone_patch_size(name: str, options: Mapping[str, Any]) -> int | None:
+    """The patch size in px of a ViT backbone ``name`` with ``options`` (None for a CNN)."""
+    family = spec_family(name)
+    if family is not None:
+        return family.patch_size(name, options)
+    return getattr(backbone_options(name, options), "patch_size", None)
+
+
 def build_backbone(name: str, image_size: int = 32, in_chans: int = 3, **options: Any) -> Backbone:
-    """Backbone ``name`` (see ``known_backbones()``) for ``image_size`` px images with ``in_chans`` channels.
+    """Backbone ``name`` (see ``known_backbones()``, or a ``timm:``/``hf-hub:``/``torchvision:`` spec) for
+    ``image_size`` px images with ``in_chans`` channels.
 
     ``options``: the fields of the backbone's options dataclass (``SmallCNNOptions``, ``ResNetOptions``,
-    ``ViTOptions``); anything else is a ConfigError listing the allowed ones.
+    ``ViTOptions``; for a spec: ``pretrained``, ``weights`` and the library's own keyword arguments); anything
+    else is a ConfigError listing the allowed ones.
     """
-    opts = backbone_options(name, options)
+    family = spec_family(name)
+    opts = None if family is not None else backbone_options(name, options)
     if image_size < 8:
         raise ValueError(f"image_size={image_size} is too small; backbones need images of at least 8 px")
+    if family is not None:
+        return family.build(name, image_size, in_chans, **options)
     return BACKBONES[name][1](opts, image_size, in_chans)
 
 

@@ -74,15 +74,19 @@ class DataConfig:
 class ModelConfig:
     """Backbone name (``workbench.models.known_backbones()``) and its options, a plain dict of the fields of the
     backbone's options dataclass (``width``; ``small_stem``; ``patch_size``, ``depth``, ``drop_path_rate``),
-    validated when the config is made (``workbench.models.backbones.backbone_options``)."""
+    validated when the config is made (``workbench.models.backbones.backbone_options``). A spec such as
+    ``timm:resnet18`` or ``torchvision:resnet50`` takes ``pretrained``, ``weights`` and the library's own keyword
+    arguments (``workbench.models.external``)."""
 
     backbone: str = "small_cnn"
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from workbench.models.backbones import backbone_options, known_backbones
+        from workbench.models.external import is_spec
 
-        check_choice("ModelConfig", "backbone", self.backbone, known_backbones())
+        if not is_spec(self.backbone):  # timm:/hf-hub:/torchvision: specs are checked by backbone_options
+            check_choice("ModelConfig", "backbone", self.backbone, known_backbones())
         if not isinstance(self.options, dict):
             raise ConfigError(f"ModelConfig.options={self.options!r} must be a mapping (e.g. {{'width': 32}})")
         for k in ("image_size", "in_chans"):
@@ -96,7 +100,9 @@ class ModelConfig:
 
     @property
     def is_vit(self) -> bool:
-        return self.backbone.startswith("vit")
+        from workbench.models.backbones import backbone_kind
+
+        return backbone_kind(self.backbone, self.options) == "vit"
 
 
 @dataclass
@@ -214,10 +220,10 @@ class PretrainConfig:
             raise ConfigError(f"train.batch_size={self.train.batch_size} is too small for {self.method!r}: it needs "
                               f"at least {cls.min_batch_size} images per batch (it compares samples across the batch)")
         if self.model.is_vit and self.data.image_size is not None:
-            from workbench.models.backbones import backbone_options
+            from workbench.models.backbones import backbone_patch_size
 
-            patch = backbone_options(self.model.backbone, self.model.options).patch_size
-            if self.data.image_size % patch:
+            patch = backbone_patch_size(self.model.backbone, self.model.options)
+            if patch and self.data.image_size % patch:
                 good = [p for p in range(2, self.data.image_size + 1) if self.data.image_size % p == 0]
                 raise ConfigError(f"model.options.patch_size={patch!r} does not divide data.image_size="
                                   f"{self.data.image_size}; choose one of {good}")
