@@ -95,6 +95,33 @@ def test_crop_params_generator_determinism():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_crop_params_with_per_sample_sizes_match_one_size_per_draw():
+    """Per-sample sizes (full-size images of a streamed batch): row b is what the same draws give for its own size,
+    fallback included (the last two rows cannot fit the ratio range)."""
+    heights, widths = torch.tensor([32, 24, 60, 20, 7, 32]), torch.tensor([32, 40, 20, 60, 300, 32])
+    for scale, ratio in (((0.08, 1.0), (3 / 4, 4 / 3)), ((0.95, 1.0), (3.0, 4.0))):
+        mixed = ops.sample_crop_params(6, heights, widths, scale, ratio, _gen(1))
+        for b in range(6):
+            alone = ops.sample_crop_params(6, int(heights[b]), int(widths[b]), scale, ratio, _gen(1))
+            assert torch.equal(mixed[b], alone[b]), (scale, b)
+    fallback = ops.sample_crop_params(2, torch.tensor([20, 60]), torch.tensor([60, 20]), (0.99, 1.0), (1.0, 1.2),
+                                      _gen(0))
+    assert fallback.tolist() == [_tv_crop_params(1, 20, 60, (0.99, 1.0), (1.0, 1.2), 0)[0].tolist(),
+                                 _tv_crop_params(1, 60, 20, (0.99, 1.0), (1.0, 1.2), 0)[0].tolist()]
+
+
+def test_resized_crop_image_is_torchvision_on_uint8_and_rounds_the_float_path():
+    g = torch.Generator().manual_seed(0)
+    img = torch.randint(0, 256, (3, 23, 37), generator=g, dtype=torch.uint8)
+    box = ops.sample_crop_params(8, 23, 37, (0.08, 1.0), (3 / 4, 4 / 3), _gen(2))
+    for k in range(8):
+        out = ops.resized_crop_image(img, box[k], 16, flip=bool(k % 2))
+        ref = TF.resized_crop(img, *box[k].tolist(), [16, 16], antialias=True)
+        assert out.dtype == torch.uint8 and torch.equal(out, TF.horizontal_flip(ref) if k % 2 else ref)
+        batched = ops.resized_crop(img[None].float() / 255, box[k:k + 1], 16, torch.tensor([bool(k % 2)]))[0]
+        assert _max_err(out.float() / 255, batched) <= 1.01 / 255  # uint8 rounding of the same resampling
+
+
 # ----------------------------------------------------------------------------------------- resize / flip
 @pytest.mark.parametrize("size", [(32, 32), (12, 12), (20, 9), (28, 20)])
 @pytest.mark.parametrize("antialias", [True, False])

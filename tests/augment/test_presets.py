@@ -65,6 +65,34 @@ def test_generate_views_deterministic_under_seed_and_seed_sensitive():
     assert not torch.equal(a.views[0], a.views[1])  # the two views differ
 
 
+def test_views_are_geometry_then_colour_and_the_geometry_stream_can_be_separate():
+    """generate_views = sample_geometry (crop, flip of every view) + crops + finish_views (colour, normalisation);
+    with a geometry generator the boxes depend on it alone, the colours on the other generator alone, and full-size
+    images of different sizes cropped by crop_images give the same views to uint8 rounding."""
+    from workbench.augment import crop_images, finish_views, sample_geometry
+
+    cfg = make_preset("byol", 16, mean=(0.5,) * 3, std=(0.25,) * 3)
+    images = _u8(b=6, s=24, seed=3)
+    a = generate_views(images, cfg, _gen(1), _gen(9))
+    b = generate_views(images, cfg, _gen(2), _gen(9))
+    c = generate_views(images, cfg, _gen(1), _gen(8))
+    assert all(torch.equal(x["crop"], y["crop"]) and torch.equal(x["flip"], y["flip"]) for x, y in zip(a.params, b.params))
+    assert not torch.equal(a.params[0]["brightness"], b.params[0]["brightness"])
+    assert torch.equal(a.params[0]["brightness"], c.params[0]["brightness"])
+    assert not torch.equal(a.params[0]["crop"], c.params[0]["crop"])
+    geometry = sample_geometry(6, 24, 24, cfg, _gen(9))
+    assert all(torch.equal(g["crop"], p["crop"]) for g, p in zip(geometry, a.params))
+    per_image = finish_views(crop_images(list(images), geometry, cfg), geometry, cfg, _gen(1))
+    for x, y in zip(a.views, per_image.views):
+        assert float((x - y).abs().max()) < 8 / 255 / 0.25
+    # one generator: geometry of every view first, then colour
+    one = generate_views(images, cfg, _gen(4))
+    g = _gen(4)
+    assert torch.equal(sample_geometry(6, 24, 24, cfg, g)[1]["crop"], one.params[1]["crop"])
+    assert torch.equal(finish_views([v.clone() for v in crop_images(list(images), one.params, cfg)], one.params,
+                                    cfg, g).params[0]["hue"], one.params[0]["hue"])
+
+
 def test_none_preset_is_normalized_resize_without_randomness():
     images = _u8(b=6, s=24)
     cfg = make_preset("none", 16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))

@@ -21,6 +21,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
 
 Params = dict[str, torch.Tensor]
 
@@ -45,43 +46,44 @@ def _coin(generator: torch.Generator, n: int, p: float, device: torch.device) ->
 
 
 # ----------------------------------------------------------------------------------------- crop + resize
-def sample_crop_params(batch: int, height: int, width: int, scale: Sequence[float], ratio: Sequence[float],
-                       generator: torch.Generator, device: torch.device | str = "cpu",
+def sample_crop_params(batch: int, height: int | torch.Tensor, width: int | torch.Tensor, scale: Sequence[float],
+                       ratio: Sequence[float], generator: torch.Generator, device: torch.device | str = "cpu",
                        attempts: int = 10) -> torch.Tensor:
     """RandomResizedCrop.get_params for a whole batch -> int64 [B, 4] rows (top, left, height, width).
 
-    Draws ``attempts`` (area, log-ratio) candidates per sample at once, keeps the first valid one,
-    and falls back to torchvision's centre crop where none is valid.
+    ``height``/``width``: one size for the batch, or int64 [B] per sample (full-size images of different
+    sizes, the streaming path). Draws ``attempts`` (area, log-ratio) candidates per sample at once, keeps
+    the first valid one, and falls back to torchvision's centre crop where none is valid. The draws do not
+    depend on the sizes, so the same generator state gives the same boxes for same-size images either way.
     """
     device = torch.device(device)
-    area = float(height * width)
+    H = torch.as_tensor(height, dtype=torch.float64, device=device).expand(batch)
+    W = torch.as_tensor(width, dtype=torch.float64, device=device).expand(batch)
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     u = _rand(generator, (batch, attempts, 2), device).double()
-    target_area = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+    target_area = (H * W)[:, None] * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
     aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
-    w = torch.round(torch.sqrt(target_area * aspect)).long()  # round-half-even, as Python's round
-    h = torch.round(torch.sqrt(target_area / aspect)).long()
-    valid = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    w = torch.round(torch.sqrt(target_area * aspect))  # round-half-even, as Python's round
+    h = torch.round(torch.sqrt(target_area / aspect))
+    valid = (w > 0) & (w <= W[:, None]) & (h > 0) & (h <= H[:, None])
     any_valid = valid.any(dim=1)
     first = valid.to(torch.int8).argmax(dim=1, keepdim=True)  # first True (0 if none; masked below)
     h = h.gather(1, first).squeeze(1)
     w = w.gather(1, first).squeeze(1)
     pos = _rand(generator, (batch, 2), device).double()
-    top = torch.floor(pos[:, 0] * (height - h + 1).clamp(min=1)).long().clamp(min=0)
-    left = torch.floor(pos[:, 1] * (width - w + 1).clamp(min=1)).long().clamp(min=0)
-    top = torch.minimum(top, (height - h).clamp(min=0))
-    left = torch.minimum(left, (width - w).clamp(min=0))
+    top = torch.floor(pos[:, 0] * (H - h + 1).clamp(min=1)).clamp(min=0)
+    left = torch.floor(pos[:, 1] * (W - w + 1).clamp(min=1)).clamp(min=0)
+    top = torch.minimum(top, (H - h).clamp(min=0))
+    left = torch.minimum(left, (W - w).clamp(min=0))
     # torchvision's fallback: centre crop with the ratio clamped into range
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        fw, fh = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        fh, fw = height, int(round(height * max(ratio)))
-    else:
-        fw, fh = width, height
-    fb = torch.tensor([(height - fh) // 2, (width - fw) // 2, fh, fw], dtype=torch.long, device=device)
+    in_ratio = W / H
+    lo_r, hi_r = min(ratio), max(ratio)
+    fh = torch.where(in_ratio < lo_r, torch.round(W / lo_r), H)
+    fw = torch.where(in_ratio > hi_r, torch.round(H * hi_r), W)
+    fallback = torch.stack([torch.div(H - fh, 2, rounding_mode="floor"), torch.div(W - fw, 2, rounding_mode="floor"),
+                            fh, fw], dim=1)
     out = torch.stack([top, left, h, w], dim=1)
-    return torch.where(any_valid[:, None], out, fb.expand(batch, 4))
+    return torch.where(any_valid[:, None], out, fallback).long()
 
 
 def _axis_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int,
@@ -135,6 +137,21 @@ def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: Sequence[int] 
     if flip is not None:
         wx = torch.where(flip.to(images.device)[:, None, None], wx.flip(1), wx)
     return _separable(images, wy.to(images.dtype), wx.to(images.dtype))
+
+
+def resized_crop_image(image: torch.Tensor, box: Sequence[int] | torch.Tensor, size: Sequence[int] | int,
+                       flip: bool = False) -> torch.Tensor:
+    """One image [C, H, W] (uint8 or float, any size) cropped to ``box`` (top, left, height, width), resized to
+    ``size`` with antialiasing and flipped left-right where ``flip``.
+
+    The per-image counterpart of :func:`resized_crop` for batches whose images differ in size (the streaming
+    path decodes each at full size): torchvision v2 ``resized_crop`` itself, whose uint8 path keeps uint8 (the
+    float result rounded). Same dtype and device as ``image``.
+    """
+    oh, ow = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    top, left, h, w = (int(v) for v in box)
+    out = TF.resized_crop(image, top, left, h, w, [oh, ow], antialias=True)
+    return TF.horizontal_flip(out) if flip else out
 
 
 def random_resized_crop(images: torch.Tensor, size: Sequence[int] | int, scale: Sequence[float],

@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 
 from workbench.augment import ops
+from workbench.augment.ops import Params
 from workbench.augment.presets import AugmentConfig, ViewOps
 
 
@@ -53,17 +54,40 @@ def channel_values(values: Sequence[float] | float, channels: int, what: str = "
     return vals
 
 
-def apply_view(images: torch.Tensor, view: ViewOps, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-    """One view of a float [0,1] batch [B, C, H, W] (before normalization) and its params.
+def sample_geometry(batch: int, height: int | torch.Tensor, width: int | torch.Tensor, config: AugmentConfig,
+                    generator: torch.Generator, device: torch.device | str = "cpu") -> list[Params]:
+    """The geometry of every view of a batch: per view {"crop": int64 [B, 4] (top, left, h, w), "flip": bool [B]},
+    drawn view by view (crop, then flip) from ``generator`` onto ``device``.
 
-    Order as the torchvision recipes: resized crop + flip, colour jitter, grayscale, blur, solarize.
-    Parameters are drawn in a fixed order, so a seeded generator reproduces the views exactly.
+    ``height``/``width``: the source images' size, one int for the batch or int64 [B] per sample (full-size images
+    of different sizes). The one place crop parameters are drawn: the in-memory path (``generate_views``) and the
+    streaming path (workers that decode full images) call it with the same seed and get the same boxes for
+    same-size images.
     """
-    out, params = ops.random_resized_crop(images, view.size, view.scale, view.ratio, generator, view.flip_p)
-    # the crop wrote a fresh tensor: the colour ops may overwrite it (on CPU every full-batch copy costs)
-    out, p = ops.color_jitter(out, view.jitter_p, view.brightness, view.contrast, view.saturation, view.hue,
-                              generator, inplace=True)
-    params.update(p)
+    out = []
+    for view in config.views:
+        boxes = ops.sample_crop_params(batch, height, width, view.scale, view.ratio, generator, device)
+        out.append({"crop": boxes, "flip": ops._coin(generator, batch, view.flip_p, torch.device(device))})
+    return out
+
+
+def crop_images(images: Sequence[torch.Tensor], geometry: list[Params], config: AugmentConfig) -> list[torch.Tensor]:
+    """The crops of every view from images of any sizes (``images[b]`` [C, H_b, W_b], uint8 decoded at full
+    size): a list over views of [B, C, s, s] with the images' dtype and device (``ops.resized_crop_image`` per
+    image and view)."""
+    views = []
+    for view, g in zip(config.views, geometry):
+        boxes, flips = g["crop"].tolist(), g["flip"].tolist()
+        views.append(torch.stack([ops.resized_crop_image(im, boxes[b], view.size, flips[b])
+                                  for b, im in enumerate(images)]))
+    return views
+
+
+def apply_colour(images: torch.Tensor, view: ViewOps, generator: torch.Generator) -> tuple[torch.Tensor, Params]:
+    """The colour ops of one view on its float [0, 1] crops [B, C, s, s], which they may overwrite: colour jitter,
+    grayscale, blur, solarize (the torchvision recipes' order), parameters drawn in that fixed order."""
+    out, params = ops.color_jitter(images, view.jitter_p, view.brightness, view.contrast, view.saturation, view.hue,
+                                   generator, inplace=True)
     out, p = ops.random_grayscale(out, view.grayscale_p, generator, inplace=True)
     params.update(p)
     out, p = ops.random_blur(out, view.blur_p, view.blur_sigma, view.kernel_size, generator)
@@ -73,25 +97,45 @@ def apply_view(images: torch.Tensor, view: ViewOps, generator: torch.Generator) 
     return out, params
 
 
-def generate_views(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator) -> ViewBatch:
+def _check_generator(generator: torch.Generator, device: torch.device, where: str) -> None:
+    gdev = generator.device
+    if gdev.type != "cpu" and (gdev.type != device.type or (gdev.index or 0) != (device.index or 0)):
+        raise ValueError(f"{where}: the generator is on {gdev} but the images are on {device}; "
+                         "use a CPU generator or one on the images' device")
+
+
+def finish_views(crops: list[torch.Tensor], geometry: list[Params], config: AugmentConfig,
+                 generator: torch.Generator) -> ViewBatch:
+    """Views from their crops (one [B, C, s, s] per view, uint8 or float [0, 1], already cropped and flipped as
+    ``geometry`` records): each view's colour ops with parameters from ``generator``, then normalisation.
+    Float crops are overwritten. Returns the ViewBatch with the geometry and colour parameters of each view."""
+    _check_generator(generator, crops[0].device, "finish_views")
+    views, params = [], []
+    for view, x, g in zip(config.views, crops, geometry):
+        out, p = apply_colour(ops.to_float(x), view, generator)
+        views.append(ops.normalize_float(out, config.mean, config.std, inplace=True))  # out is our own tensor
+        params.append({**{k: v.to(out.device) for k, v in g.items()}, **p})
+    return ViewBatch(views=views, params=params, num_global=config.num_global)
+
+
+def generate_views(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
+                   geometry_generator: torch.Generator | None = None) -> ViewBatch:
     """All views of ``config`` for a batch of uint8 images [B, C, H, W] on any device.
 
-    The generator must live on the images' device or on the CPU. Returns normalized float32 views on
-    the images' device, one params dict per view (tensors on that device), and ``config.num_global``.
+    Crop boxes and flips of every view are drawn first (``sample_geometry``, from ``geometry_generator`` when
+    given, else from ``generator``), then each view's colour parameters from ``generator``. Generators must
+    live on the images' device or on the CPU. Returns normalized float32 views on the images' device, one params
+    dict per view (tensors on that device), and ``config.num_global``.
     """
     if images.ndim != 4:
         raise ValueError(f"generate_views: images must be [B, C, H, W], got shape {tuple(images.shape)}")
     if images.shape[1] not in (1, 3):
         raise ValueError(f"generate_views: images must have 1 or 3 channels, got {images.shape[1]}")
-    gdev = generator.device
-    idev = images.device
-    if gdev.type != "cpu" and (gdev.type != idev.type or (gdev.index or 0) != (idev.index or 0)):
-        raise ValueError(f"generate_views: the generator is on {gdev} but the images are on {images.device}; "
-                         "use a CPU generator or one on the images' device")
+    geo = geometry_generator if geometry_generator is not None else generator
+    for g in (generator, geo):
+        _check_generator(g, images.device, "generate_views")
+    B, _, H, W = images.shape
+    geometry = sample_geometry(B, H, W, config, geo, images.device)
     x = ops.to_float(images)
-    views, params = [], []
-    for view in config.views:
-        out, p = apply_view(x, view, generator)
-        views.append(ops.normalize_float(out, config.mean, config.std, inplace=True))  # out is apply_view's own
-        params.append(p)
-    return ViewBatch(views=views, params=params, num_global=config.num_global)
+    crops = [ops.resized_crop(x, g["crop"], view.size, g["flip"]) for view, g in zip(config.views, geometry)]
+    return finish_views(crops, geometry, config, generator)
