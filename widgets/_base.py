@@ -1,11 +1,20 @@
-"""Shared plumbing of the widgets: an error area instead of tracebacks, display delegation, static export."""
+"""Shared plumbing of the widgets: an error area instead of tracebacks, display, static export.
+
+A widget displays live in JupyterLab. In a notebook that ``workbench run`` executes (papermill, no browser:
+``workbench.experiments.records.static_display()``), the same cell shows the widget's static picture instead (an
+``image/png`` output), so the executed notebook shows every figure when opened without a kernel and stores no
+widget state.
+"""
 from __future__ import annotations
 
+import base64
 import functools
 import html
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import ipywidgets as W
+import numpy as np
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,6 +54,9 @@ class WidgetBase:
     bad input), ``last_error`` (the message shown, or None), ``to_figure()`` and ``save(path)``."""
 
     widget: W.Widget
+    #: the readable picture of what an image-drawing widget shows (uint8 [H, W, 3], captions drawn in), set by its
+    #: ``render``; None for widgets whose view is a plotly figure (their static picture renders ``to_figure``)
+    picture: np.ndarray | None = None
 
     def __init__(self) -> None:
         self.error = W.HTML(value="")
@@ -62,17 +74,44 @@ class WidgetBase:
         self.error.value = ""
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+        """The live widget; under ``workbench run`` (no browser) the static picture, as image/png."""
+        from workbench.experiments.records import static_display
+
+        if not static_display():
+            return self.widget._repr_mimebundle_(**kwargs)
+        try:
+            png, _ = self.static_picture()
+        except Exception as e:  # nothing drawable (bad input): the error area's message, as text
+            return {"text/plain": f"{type(self).__name__}: {self.last_error or e}"}
+        return {"image/png": base64.b64encode(png).decode("ascii"),
+                "text/plain": f"<{type(self).__name__}: static picture; open the notebook in JupyterLab and run it "
+                              "for the live widget>"}
 
     def to_figure(self) -> Any:  # pragma: no cover - every widget overrides
         raise NotImplementedError
 
-    def save(self, path: str, width: int = 1000, height: int = 700) -> str:
-        """Write what the widget shows to ``path``: ``.html`` (plotly, self-contained; needs nothing) or ``.png``
-        (plotly + kaleido with Chromium where available, else composed with PIL from the same figure, with a
-        warning). Returns "html", "kaleido" or "pil"."""
-        from workbench.inspect.images import write_figure
+    def static_picture(self, width: int | None = None, height: int | None = None) -> tuple[bytes, str]:
+        """PNG bytes of what the widget shows, readable without a kernel, and how they were made: "picture" (the
+        widget's own ``picture``), else "kaleido" or "pil" (``to_figure()`` rendered by
+        ``workbench.inspect.images.figure_png`` at ``width`` x ``height``, default the figure's size)."""
+        from workbench.inspect.images import figure_png, png_bytes
 
+        if self.picture is not None:
+            return png_bytes(self.picture), "picture"
+        return figure_png(self.to_figure(), width, height)
+
+    def save(self, path: str | Path, width: int | None = None, height: int | None = None) -> str:
+        """Write what the widget shows to ``path``: ``.png`` (:meth:`static_picture`) or ``.html`` (the plotly
+        figure; plotly.js is loaded from one ``plotly.min.js`` written beside it). Returns how: "picture",
+        "kaleido", "pil" or "html"."""
+        from workbench.inspect.images import write_figure
+        from workbench.runs import atomic_write_bytes
+
+        path = Path(path)
+        if path.suffix.lower() == ".png":
+            png, how = self.static_picture(width, height)
+            atomic_write_bytes(path, png)
+            return how
         return write_figure(self.to_figure(), str(path), width, height)
 
 

@@ -34,6 +34,7 @@ class AttentionViewer(WidgetBase):
         self._tokens: dict[int, torch.Tensor] = {}
         self.grid: tuple[int, int] = (1, 1)
         self.patch: tuple[int, int] = (0, 0)
+        self._patch_chosen = False
         self.heat: np.ndarray | None = None
         self.pictures: list[np.ndarray] = []
         self.png: bytes = b""
@@ -151,6 +152,7 @@ class AttentionViewer(WidgetBase):
         self.tokens(self.index.value)
         patch_index(row, col, self.grid)  # range check
         self.patch = (int(row), int(col))
+        self._patch_chosen = True
         if self.view.value != "patch similarity":
             self.view.value = "patch similarity"  # triggers render
         else:
@@ -159,10 +161,11 @@ class AttentionViewer(WidgetBase):
     # -- rendering ---------------------------------------------------------------------------------------------
     @guarded
     def render(self) -> bytes:
-        """Compute the current view and update both panels; returns PNG bytes of the left panel."""
+        """Compute the current view and update both panels; sets ``picture`` (each image beside its map and the
+        map over it, captioned); returns PNG bytes of the left panel."""
         from workbench.inspect.attention import CNN_VIEWS_HINT, attention_image
-        from workbench.inspect.images import composite, heat_rgba
-        from workbench.inspect.patches import outline_patch, patch_index, pca_images, similarity_images
+        from workbench.inspect.images import composite, heat_picture, heat_rgba
+        from workbench.inspect.patches import patch_index, pca_images, similarity_images
 
         if self.backbone is None or self.images is None or not self.images_ok:
             raise ValueError(self.last_error or "no backbone or images")
@@ -173,38 +176,77 @@ class AttentionViewer(WidgetBase):
         if view in ("attention", "rollout", "attention mask"):
             if not self.is_vit:
                 self.pictures = [upscale(img_a, self.zoom), upscale(img_b, self.zoom)]
+                self.picture = None
                 self._show(titles)
                 raise ValueError(f"the '{view}' view needs a ViT; this run's backbone is a "
                                  f"{self.trained.backbone_name or type(self.backbone).__name__} (CNN): {CNN_VIEWS_HINT}")
             kind = {"attention": "attention", "rollout": "rollout", "attention mask": "mask"}[view]
-            grid = self.backbone.grid
+            grid = self.grid = tuple(self.backbone.grid)
             heats = [attention_image(self.maps(k), grid, size, kind, layer=self.layer.value, head=self.head.value,
                                      share=self.share.value)[0] for k in (i, j)]
             self.heat = heats[0]
+            maps = [heat_picture(h) for h in heats]
             pics = [overlay(img, h, self.opacity.value) for img, h in zip((img_a, img_b), heats)]
             label = (f"layer {self.layer.value}, head {self.head.value}" if kind != "rollout" else "rollout")
             if kind == "mask":
                 label += f", {self.share.value:.0%} of the mass"
             titles = [f"image {i}: {label}", f"image {j}: {label}"]
+            about = f"CLS attention ({label}); bright = more attention"
         elif view == "patch similarity":
             ta, tb = self.tokens(i), self.tokens(j)
+            if not self._patch_chosen:  # the centre patch until the user picks one: more often on the object
+                self.patch = (self.grid[0] // 2, self.grid[1] // 2)
             heats = similarity_images(ta, tb, patch_index(*self.patch, self.grid), self.grid, size)
             self.heat = heats[0]
+            maps = [heat_picture(h) for h in heats]
             pics = [composite(img, heat_rgba(h, self.opacity.value)) for img, h in zip((img_a, img_b), heats)]
-            pics[0] = outline_patch(pics[0], self.patch, self.grid)
             titles = [f"image {i}: similarity to patch {self.patch}", f"image {j}: similarity to that patch"]
+            about = (f"cosine similarity of each patch to patch (row, col) = {self.patch} of image {i} (green box); "
+                     "one scale for both images, bright = more similar")
         elif view == "PCA":
             t = torch.stack([self.tokens(i), self.tokens(j)])
-            pics = list(pca_images(t, self.grid, size, self.pca_threshold.value or None))
-            self.heat = pics[0]
+            maps = list(pca_images(t, self.grid, size, self.pca_threshold.value or None))
+            self.heat = maps[0]
+            pics = list(maps)
             titles = [f"image {i}: PCA of patch features", f"image {j}: PCA (joint fit)"]
+            about = "first three principal components of the patch features of both images as RGB"
         else:
             raise ValueError(f"unknown view {view!r}; choose one of {VIEWS}")
-        self.pictures = [upscale(p, self.zoom) for p in pics]
+        query = view == "patch similarity"
+        self.pictures = [self._mark(upscale(p, self.zoom), query and k == 0) for k, p in enumerate(pics)]
+        over = self.pictures
+        if view == "PCA":  # the live view shows the PCA colours alone (DINOv2's picture); the sheet adds a blend
+            alpha = np.full(img_a.shape[:2] + (1,), self.opacity.value, np.float32)
+            over = [self._mark(upscale(composite(img, np.concatenate([m / 255.0, alpha], -1)), self.zoom), False)
+                    for img, m in zip((img_a, img_b), maps)]
+        self.picture = self._sheet((img_a, img_b), maps, over, titles, about, query)
         self._show(titles)
         self.png = png_bytes(self.pictures[0])
         self.clear_error()
         return self.png
+
+    def _mark(self, picture: np.ndarray, query: bool) -> np.ndarray:
+        """A zoomed map picture with its patch grid drawn in (and the query patch outlined when ``query``)."""
+        from workbench.inspect.patches import outline_patch, patch_grid_lines
+
+        size = self.images.shape[-1]
+        picture = patch_grid_lines(picture, self.grid, size)
+        return outline_patch(picture, self.patch, self.grid, image_size=size) if query else picture
+
+    def _sheet(self, images: tuple[np.ndarray, np.ndarray], maps: list[np.ndarray], overlays: list[np.ndarray],
+               titles: list[str], about: str, query: bool) -> np.ndarray:
+        """The readable picture: one row per image (the image, its map, the map over it, zoomed), captioned."""
+        from workbench.inspect.images import image_grid
+
+        h, w = self.grid
+        size = self.images.shape[-1]
+        rows = [[upscale(img, self.zoom), self._mark(upscale(m, self.zoom), query and k == 0), overlays[k]]
+                for k, (img, m) in enumerate(zip(images, maps))]
+        heads = [[t, "map", "map over the image"] for t in titles]
+        name = getattr(self.trained, "backbone_name", None) or type(self.backbone).__name__
+        title = (f"{self.view.value}: {about}. Backbone {name}, a {h}x{w} patch grid on {size} px images "
+                 f"(about {size / h:.3g} px per patch).")
+        return image_grid(rows, titles=heads, title=title)
 
     def _show(self, titles: list[str]) -> None:
         with self.fig.batch_update():

@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import html
 from typing import Any
 
 import ipywidgets as W
-import numpy as np
 
 from widgets._base import WidgetBase, as_images, guarded, image_figure
-from workbench.inspect.images import image_grid, png_bytes, to_hwc, upscale
+from workbench.inspect.images import display_scale, image_grid, png_bytes, to_hwc, upscale
 
 SLIDERS = {  # ViewOps field -> (min, max, step)
     "flip_p": (0.0, 1.0, 0.05), "jitter_p": (0.0, 1.0, 0.05), "brightness": (0.0, 1.0, 0.05),
@@ -39,7 +37,6 @@ class AugmentationExplorer(WidgetBase):
         self._syncing = False
         self.png: bytes = b""
         self.captions: list[list[str]] = []
-        self.picture: np.ndarray | None = None
         self._mean, self._std = mean, std
         self.preset = W.Dropdown(options=known_presets(), value=preset if preset in known_presets() else "simclr",
                                  description="preset")
@@ -53,10 +50,9 @@ class AugmentationExplorer(WidgetBase):
         self.mask_ratio = W.FloatSlider(value=0.75, min=0.05, max=0.95, step=0.05, description="mask ratio")
         self.patch_size = W.Dropdown(options=[4], value=4, description="patch")
         self.image = W.Image(format="png")
-        self.caption_area = W.HTML()
         controls = W.VBox([self.preset, self.view, self.scale, *self.sliders.values(), self.seed, self.n_images,
                            self.mode, self.mask_ratio, self.patch_size])
-        self.widget = W.VBox([self.error, W.HBox([controls, W.VBox([self.image, self.caption_area])])])
+        self.widget = W.VBox([self.error, W.HBox([controls, self.image])])
         self.widget.add_class("wb-augmentation-explorer")  # CSS hooks for tests/widgets/test_browser.py
         self.image.add_class("wb-augmentation-grid")
         for k, s in self.sliders.items():
@@ -160,7 +156,8 @@ class AugmentationExplorer(WidgetBase):
     # -- output ------------------------------------------------------------------------------------------------
     @guarded
     def render(self) -> bytes:
-        """Draw the grid for the current controls; sets ``png``, ``picture`` and ``captions``; returns the PNG."""
+        """Draw the grid for the current controls (what was drawn for each view written beside each row); sets
+        ``png``, ``picture`` and ``captions``; returns the PNG."""
         from workbench.inspect.views import augmentation_grid, ijepa_mask_images, mae_mask_images
 
         if self.images is None or self._config is None:
@@ -168,12 +165,11 @@ class AugmentationExplorer(WidgetBase):
         imgs = self.images[: self.n_images.value]
         if imgs.shape[0] == 0:
             raise ValueError("empty selection: choose at least one image")
-        zoom = max(1, 96 // imgs.shape[-1])
+        title = f"{self.preset.value} preset, seed {self.seed.value}"
         if self.mode.value == "views":
-            pic, caps, _ = augmentation_grid(imgs, self._config, seed=self.seed.value, zoom=zoom)
-            text = "".join(f"<li>image {n}: " + " | ".join(f"<b>v{v + 1}</b> {html.escape(c)}" for v, c in enumerate(row))
-                           + "</li>" for n, row in enumerate(caps))
+            pic, caps, _ = augmentation_grid(imgs, self._config, seed=self.seed.value, title=title)
         else:
+            zoom = display_scale(imgs.shape[-1], 128)
             p = int(self.patch_size.value)
             if self.mode.value == "MAE mask":
                 pics, mask = mae_mask_images(imgs, p, self.mask_ratio.value, self.seed.value, zoom)
@@ -182,12 +178,12 @@ class AugmentationExplorer(WidgetBase):
                 pics, bm = ijepa_mask_images(imgs, p, self.seed.value, zoom, min_keep=1)
                 caps = [[f"I-JEPA context {bm.context.shape[1]} patches (blue), {bm.targets.shape[1]} targets of "
                          f"{bm.targets.shape[2]} patches"] for _ in pics]
-            pic = image_grid([[upscale(to_hwc(imgs[i]), zoom), pics[i]] for i in range(len(pics))])
-            text = "".join(f"<li>image {n}: {html.escape(c[0])}</li>" for n, c in enumerate(caps))
+            pic = image_grid([[upscale(to_hwc(imgs[i]), zoom), pics[i]] for i in range(len(pics))],
+                             titles=[["image", self.mode.value]], notes=[c[0] for c in caps],
+                             title=f"{self.mode.value}, patch {p} px, seed {self.seed.value}")
         self.picture, self.captions = pic, caps
         self.png = png_bytes(pic)
         self.image.value = self.png
-        self.caption_area.value = f"<ul style='font-size:11px'>{text}</ul>"
         self.clear_error()
         return self.png
 
@@ -195,5 +191,4 @@ class AugmentationExplorer(WidgetBase):
         """The current grid as a plotly figure (go.Image) titled with the preset and seed."""
         if self.picture is None:
             raise ValueError(self.last_error or "nothing to show")
-        return image_figure([self.picture], title=f"{self.preset.value} preset, seed {self.seed.value} "
-                                                  f"({self.mode.value})")
+        return image_figure([self.picture])

@@ -8,7 +8,9 @@ import ipywidgets as W
 import numpy as np
 
 from widgets._base import WidgetBase, as_images, guarded, image_figure
-from workbench.inspect.images import png_bytes
+from workbench.inspect.images import display_scale, image_grid, png_bytes
+
+COLUMNS = "original | masked | reconstruction | reconstruction + visible patches"
 
 
 class ReconstructionViewer(WidgetBase):
@@ -28,7 +30,6 @@ class ReconstructionViewer(WidgetBase):
         self.image = W.Image(format="png")
         self.loss = W.HTML()
         self.widget = W.VBox([self.error, W.HBox([self.mask_ratio, self.seed, self.n_images]), self.loss,
-                              W.HTML("<small>original | masked | reconstruction | reconstruction + visible</small>"),
                               self.image])
         try:
             from workbench.inspect.recon import check_reconstructor
@@ -63,17 +64,18 @@ class ReconstructionViewer(WidgetBase):
             raise ValueError(self.last_error or "no MAE run or images")
         self.result = mae_reconstruction(self.method, self.images[: self.n_images.value], self.mean, self.std,
                                          self.mask_ratio.value, self.seed.value)
-        zoom = max(1, 96 // self.images.shape[-1])
-        self.picture = reconstruction_grid(self.result, zoom)
-        self.png = png_bytes(self.picture)
-        self.image.value = self.png
+        zoom = display_scale(self.images.shape[-1], 96)
         masked = float(self.result["mask"].mean())
         self.loss.value = (f"mask ratio {self.mask_ratio.value:.2f} ({masked:.0%} of patches masked), "
                            f"loss on masked patches {self.result['loss']:.4f}")
+        self.picture = image_grid([[reconstruction_grid(self.result, zoom)]],
+                                  title=f"each row: {COLUMNS}. {self.loss.value}, seed {self.seed.value}")
+        self.png = png_bytes(self.picture)
+        self.image.value = self.png
         self.clear_error()
         return self.png
 
     def to_figure(self) -> Any:
         if self.picture is None:
             raise ValueError(self.last_error or "nothing to show")
-        return image_figure([np.asarray(self.picture)], title=f"MAE reconstruction, mask ratio {self.mask_ratio.value:.2f}")
+        return image_figure([np.asarray(self.picture)])

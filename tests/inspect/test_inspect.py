@@ -339,3 +339,49 @@ def test_png_export_falls_back_to_pil_without_a_browser(tmp_path, monkeypatch):
     with pytest.warns(RuntimeWarning, match="no Chrome or Chromium"):
         assert wi.write_figure(fig, str(tmp_path / "p.png"), 200, 100) == "pil"
     assert wi.images.decode_png((tmp_path / "p.png").read_bytes()).shape == (100, 200, 3)
+
+
+def test_image_grid_draws_titles_and_coloured_notes_in_a_canvas_sized_to_them():
+    from workbench.inspect.images import text_font, wrap_text
+
+    font = text_font(13)
+    text = "crop 22x25@(4,3), flip, jitter b0.85 c0.89 s1.10 h+0.08, gray"
+    lines = wrap_text(text, font, 120)
+    assert len(lines) > 1 and all(font.getlength(ln) <= 120 for ln in lines) and " ".join(lines) == text
+    assert all(font.getlength(ln) <= 40 for ln in wrap_text("x" * 30, font, 40))  # one long word is split
+    black = np.zeros((20, 30, 3), np.uint8)
+    bare = wi.image_grid([[black, black], [black, None]])
+    assert bare.shape == (2 * 20 + 3 * 2, 2 * 30 + 3 * 2, 3)  # no text: the bare grid, as before
+    pic = wi.image_grid([[black, black], [black, None]], titles=[["a", "b"], None],
+                        notes=["plain note", [("red note", (255, 0, 0))]], title="the title")
+    assert pic.shape[0] > bare.shape[0] and pic.shape[1] > bare.shape[1]
+    assert (pic == 0).all(-1).sum() == 3 * 20 * 30  # every cell drawn whole, text outside the cells
+    red = (pic[..., 0] > 180) & (pic[..., 1] < 90) & (pic[..., 2] < 90)
+    rows, cols = np.nonzero(red)
+    assert red.sum() > 10 and cols.min() > 2 * 30 and rows.min() > pic.shape[0] // 2  # beside row 2, to the right
+
+
+def test_patch_edges_outline_and_grid_lines_follow_the_nearest_blocks_of_any_grid():
+    from workbench.inspect.patches import patch_edges, patch_grid_lines
+
+    grid, size, zoom = (7, 5), 32, 3  # neither 7 nor 5 divides 32: uneven blocks
+    blocks = wi.upsample(torch.arange(35.0).view(1, 7, 5), size, "nearest")[0].numpy()
+    ys, xs = patch_edges(7, size), patch_edges(5, size)
+    assert ys[0] == 0 and ys[-1] == size and len(ys) == 8
+    for r in range(7):
+        for c in range(5):
+            assert (blocks[ys[r]:ys[r + 1], xs[c]:xs[c + 1]] == r * 5 + c).all()
+            assert wi.patch_at_pixel(xs[c], ys[r + 1] - 1, size, grid) == (r, c)
+    picture = np.zeros((size * zoom, size * zoom, 3), np.uint8)
+    out = wi.outline_patch(picture, (3, 2), grid, color=(0, 255, 0), image_size=size, width=1)
+    green = (out == (0, 255, 0)).all(-1)
+    top, bottom, left, right = ys[3] * zoom, ys[4] * zoom - 1, xs[2] * zoom, xs[3] * zoom - 1
+    rr, cc = np.nonzero(green)
+    assert (rr.min(), rr.max(), cc.min(), cc.max()) == (top, bottom, left, right)
+    assert green[top, left:right + 1].all() and not green[top + 1:bottom, left + 1:right].any()  # border only
+    lined = patch_grid_lines(picture, grid, size)
+    changed = (lined != 0).any(-1)
+    assert changed[ys[1] * zoom].all() and changed[:, xs[4] * zoom].all() and not changed[ys[1] * zoom + 1].all()
+    assert np.array_equal(patch_grid_lines(picture, (32, 32), size), picture)  # 3 px patches: no lines
+    with pytest.raises(ValueError, match="integer zoom"):
+        wi.outline_patch(np.zeros((50, 50, 3), np.uint8), (0, 0), grid, image_size=size)

@@ -13,7 +13,7 @@ from plotly.callbacks import BoxSelector, InputDeviceState, Points
 
 from widgets import (AttentionViewer, AugmentationExplorer, EmbeddingExplorer, ReconstructionViewer, RunBrowser,
                      TrainingMonitor)
-from workbench.inspect.colors import palette
+from workbench.inspect.colors import palette, palette_rgb
 from workbench.inspect.images import browser_path, decode_png, png_bytes, to_hwc, upscale
 from workbench.runs import Run
 
@@ -138,12 +138,59 @@ def test_attention_viewer_cnn_and_wrong_size(runs, shapes16, tmp_path):
     assert cv.last_error is None
     cv.select_patch(1, 1)
     assert cv.patch == (1, 1) and cv.last_error is None
-    how = cv.save(tmp_path / "cnn.png")  # through kaleido in the system Chromium; PIL (with a warning) without one
-    assert how == ("kaleido" if browser_path() else "pil")
-    assert decode_png((tmp_path / "cnn.png").read_bytes()).shape[2] == 3
-    assert cv.save(tmp_path / "cnn.html") == "html" and "plotly" in (tmp_path / "cnn.html").read_text()[:5000].lower()
+    assert cv.save(tmp_path / "cnn.png") == "picture"  # the widget's own captioned picture, no browser needed
+    assert np.array_equal(decode_png((tmp_path / "cnn.png").read_bytes()), cv.picture)
+    assert cv.save(tmp_path / "cnn.html") == "html" and cv.save(tmp_path / "cnn2.html") == "html"
+    page = (tmp_path / "cnn.html").read_text()
+    assert 'src="plotly.min.js"' in page and len(page) < 500_000  # plotly.js is not inlined ...
+    assert "Plotly" in (tmp_path / "plotly.min.js").read_text()[:100_000]  # ... but shared, once, beside it
     bad = AttentionViewer(runs["mae"], torch.zeros(2, 3, 24, 24, dtype=torch.uint8))
     assert "24x24" in bad.last_error and "16x16" in bad.last_error
+
+
+def _non_white(picture: np.ndarray) -> float:
+    """Share of a picture's pixels that are not (near) white: how much of the canvas shows something."""
+    return float((np.asarray(picture) < 245).any(-1).mean())
+
+
+def test_pictures_fill_their_canvas_and_show_patches_as_blocks(runs, shapes16):
+    # the augmentation grid, its captions beside each row (before: a quarter of a white 1000x700 canvas, 0.21)
+    ex = AugmentationExplorer(shapes16, preset="byol", n_images=4, seed=0)
+    pic = ex.picture
+    assert _non_white(pic) > 0.4 and pic.shape[0] >= 4 * 128  # four rows of images zoomed to ~128 px
+    right = pic[:, 3 * 128 + 24:]  # the caption column beside the image columns: each view's text in its colour
+    blue = (np.abs(right.astype(int) - palette_rgb()[0]).sum(-1) < 60)
+    orange = (np.abs(right.astype(int) - palette_rgb()[1]).sum(-1) < 60)
+    assert blue.sum() > 50 and orange.sum() > 50
+    # patch views for a CNN (a 2x2 grid on 16 px images): the image, the map, the map over the image, per image
+    cv = AttentionViewer(runs["cnn"], shapes16.images[:3])
+    assert cv.grid == (2, 2) and cv.patch == (1, 1)  # the centre patch until one is picked
+    sheet = cv.picture
+    assert _non_white(sheet) > 0.4 and sheet.shape[0] >= 2 * 16 * cv.zoom and sheet.shape[1] >= 3 * 16 * cv.zoom
+    heat = cv.heat  # similarity at image resolution: one constant block per patch (nearest, not blurred)
+    for r in range(2):
+        for c in range(2):
+            block = heat[8 * r:8 * r + 8, 8 * c:8 * c + 8]
+            assert np.allclose(block, block[0, 0])
+    assert cv.heat[8:, 8:].max() == pytest.approx(1.0)  # the query (centre) patch is most similar to itself
+
+
+def test_widgets_display_their_static_picture_under_the_runner(runs, shapes16, tmp_path, monkeypatch):
+    import base64
+
+    live = AugmentationExplorer(shapes16, n_images=2)
+    assert "application/vnd.jupyter.widget-view+json" in live._repr_mimebundle_()  # JupyterLab: the live widget
+    monkeypatch.setenv("WORKBENCH_DISPLAY", "static")  # what run_notebook sets in the kernel
+    mon = TrainingMonitor(runs["cnn"], autostart=False)
+    for w in (live, AttentionViewer(runs["cnn"], shapes16.images[:2]), mon):
+        bundle = w._repr_mimebundle_()
+        assert set(bundle) == {"image/png", "text/plain"}  # no widget view: nothing needs widget state
+        png = base64.b64decode(bundle["image/png"])
+        if w is not mon:  # image widgets show their own captioned picture
+            assert w.static_picture() == (png, "picture") and np.array_equal(decode_png(png), w.picture)
+    assert _non_white(decode_png(png)) > 0.02  # the monitor's curves, rendered (kaleido, else PIL): not blank
+    broken = AugmentationExplorer(torch.zeros(3, 16, 16))
+    assert "uint8 images" in broken._repr_mimebundle_()["text/plain"]  # the error, not a traceback
 
 
 # ---------------------------------------------------------------------------------------- ReconstructionViewer

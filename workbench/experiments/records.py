@@ -8,6 +8,8 @@ interactively in JupyterLab):
 * In the notebook, ``current_run()`` returns that run. Run interactively (no runner), the first call creates
   a fresh run under ``runs_dir`` and later calls in the same kernel return it.
 * ``record_metrics({...})`` merges metrics into the current run's summary.json; nothing scrapes cell outputs.
+* ``run_notebook`` also sets ``WORKBENCH_DISPLAY=static``: no browser will ever show a live widget of that
+  kernel, so widgets display their static picture (``static_display()``) and no widget state is stored.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Any, Mapping
 from ..runs import Run, atomic_write_json
 
 ENV_RUN_DIR = "WORKBENCH_RUN_DIR"
+ENV_DISPLAY = "WORKBENCH_DISPLAY"
 PARAMETERS_FILE = "parameters.json"
 
 _current: Run | None = None
@@ -92,6 +95,12 @@ def current_run(runs_dir: str | os.PathLike | None = None, *, create: bool = Tru
 def under_runner() -> bool:
     """True when this process executes inside ``run_notebook`` (papermill)."""
     return bool(os.environ.get(ENV_RUN_DIR))
+
+
+def static_display() -> bool:
+    """True when widgets should display a static picture instead of a live view: the kernel runs under
+    ``run_notebook`` (``WORKBENCH_DISPLAY=static``), where outputs are saved but no browser shows them live."""
+    return os.environ.get(ENV_DISPLAY, "").lower() == "static"
 
 
 def record_metrics(values: Mapping[str, Any], run: Run | str | os.PathLike | None = None) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Image helpers for the inspection views: tensors -> uint8 HWC arrays, grids, PNG bytes, data URIs,
-heat-map colouring and alpha compositing, and a small PIL renderer of plotly figures (PNG without Chrome).
+"""Image helpers for the inspection views: tensors -> uint8 HWC arrays, grids with titles and notes, PNG bytes,
+data URIs, heat-map colouring and alpha compositing, plotly figures to PNG (kaleido, or a small PIL renderer
+without Chrome) and to HTML sharing one plotly.js per folder.
 
 Arrays returned here are numpy uint8 [H, W, 3] (RGB) unless stated; inputs may be uint8 tensors
 [C, H, W] / [B, C, H, W] (C = 1 or 3) or float tensors in [0, 1].
@@ -60,26 +61,107 @@ def display_scale(size: int, target: int = 128) -> int:
     return max(1, int(round(target / max(1, size))))
 
 
-def image_grid(cells: Sequence[Sequence[np.ndarray | None]], pad: int = 2, background: int = 255) -> np.ndarray:
-    """Rows of uint8 HWC cells (None = empty) -> one uint8 [H, W, 3] grid; cells are top-left aligned in
-    equal-size slots (the largest cell of each column / row sets the slot)."""
+Line = str | tuple[str, tuple[int, int, int]]  # a line of text, optionally with its RGB colour
+TEXT_COLOR = (33, 33, 33)
+
+
+def text_font(size: int = 13) -> Any:
+    """PIL's scalable default font at ``size`` px (FreeType; Pillow's fixed bitmap font where it lacks FreeType)."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def wrap_text(text: str, font: Any, width: int) -> list[str]:
+    """``text`` broken into lines no wider than ``width`` px in ``font`` (at spaces; a longer word is split)."""
+    out: list[str] = []
+    for para in str(text).split("\n"):
+        line = ""
+        for word in para.split(" "):
+            candidate = f"{line} {word}" if line else word
+            if font.getlength(candidate) <= width or not line:
+                line = candidate
+            else:
+                out.append(line)
+                line = word
+            while font.getlength(line) > width and len(line) > 1:  # one word wider than the space: split it
+                cut = len(line) - 1
+                while cut > 1 and font.getlength(line[:cut]) > width:
+                    cut -= 1
+                out.append(line[:cut])
+                line = line[cut:]
+        out.append(line)
+    return out
+
+
+def image_grid(cells: Sequence[Sequence[np.ndarray | None]], pad: int = 2, background: int = 255, *,
+               titles: Sequence[Sequence[str | None] | None] | None = None,
+               notes: Sequence[str | Sequence[Line] | None] | None = None, title: str | None = None,
+               font_size: int = 13, note_width: int | None = None) -> np.ndarray:
+    """Rows of uint8 HWC cells (None = empty) -> one uint8 [H, W, 3] picture sized to its content; cells are
+    top-left aligned in equal-size slots (the largest cell of each column / row sets the slot).
+
+    Optional text, in PIL's default font at ``font_size`` px and wrapped to the room it has: ``titles[i][j]``
+    above cell (i, j); ``notes[i]`` beside row i (a string or a list of lines, each a string or (string, rgb)),
+    in a column ``note_width`` px wide (default: the longest line, at most about 48 characters); ``title`` above
+    everything. Without text the picture is the bare grid.
+    """
     rows = [list(r) for r in cells]
     ncol = max((len(r) for r in rows), default=0)
     if not rows or ncol == 0:
         raise ValueError("image_grid: no cells to draw")
     col_w = [max((r[j].shape[1] for r in rows if j < len(r) and r[j] is not None), default=1) for j in range(ncol)]
-    row_h = [max((c.shape[0] for c in r if c is not None), default=1) for r in rows]
-    out = np.full((sum(row_h) + pad * (len(rows) + 1), sum(col_w) + pad * (ncol + 1), 3), background, np.uint8)
-    y = pad
+    cell_h = [max((c.shape[0] for c in r if c is not None), default=1) for r in rows]
+    has_text = bool(title) or any(t for t in (titles or ()) if t) or any(n for n in (notes or ()) if n)
+    font = text_font(font_size) if has_text else None
+    line_h = font_size + 4
+    if has_text:
+        pad = max(pad, 6)
+    # text laid out first: it sets the row heights and the notes column
+    title_lines = [[wrap_text(t, font, col_w[j]) if t else [] for j, t in enumerate(list(row_t or [])[:ncol])]
+                   if has_text else [] for row_t in (list(titles or []) + [None] * len(rows))[:len(rows)]]
+    note_lines: list[list[tuple[str, tuple[int, int, int]]]] = []
+    for n in (list(notes or []) + [None] * len(rows))[:len(rows)]:
+        lines = [n] if isinstance(n, str) else list(n or [])
+        note_lines.append([(ln, TEXT_COLOR) if isinstance(ln, str) else (str(ln[0]), tuple(ln[1])) for ln in lines])
+    nw = 0
+    if any(note_lines):
+        widest = max(font.getlength(t) for ls in note_lines for t, _ in ls)
+        nw = int(note_width or min(widest, font.getlength("x" * 48)) + 1)
+        note_lines = [[(w, c) for t, c in ls for w in wrap_text(t, font, nw)] for ls in note_lines]
+    title_h = [(max((len(t) for t in tl), default=0) * line_h + (2 if any(tl) else 0)) for tl in title_lines] \
+        if has_text else [0] * len(rows)
+    row_h = [max(cell_h[i] + title_h[i], len(note_lines[i]) * line_h) for i in range(len(rows))]
+    width = sum(col_w) + pad * (ncol + 1) + (nw + pad if nw else 0)
+    header = wrap_text(title, font, width - 2 * pad) if title else []
+    top = pad + len(header) * line_h if header else 0
+    out = np.full((top + sum(row_h) + pad * (len(rows) + 1), width, 3), background, np.uint8)
+    texts: list[tuple[int, int, str, tuple[int, int, int]]] = [(pad, pad + k * line_h, t, TEXT_COLOR)
+                                                                for k, t in enumerate(header)]
+    y = top + pad
     for i, r in enumerate(rows):
         x = pad
         for j in range(ncol):
             c = r[j] if j < len(r) else None
+            lines = title_lines[i][j] if has_text and j < len(title_lines[i]) else []
+            texts += [(x, y + k * line_h, t, TEXT_COLOR) for k, t in enumerate(lines)]
             if c is not None:
                 c = to_hwc(c)
-                out[y:y + c.shape[0], x:x + c.shape[1]] = c
+                out[y + title_h[i]:y + title_h[i] + c.shape[0], x:x + c.shape[1]] = c
             x += col_w[j] + pad
+        texts += [(x, y + k * line_h, t, col) for k, (t, col) in enumerate(note_lines[i])]
         y += row_h[i] + pad
+    if texts:
+        from PIL import Image, ImageDraw
+
+        pil = Image.fromarray(out)
+        draw = ImageDraw.Draw(pil)
+        for tx, ty, t, col in texts:
+            draw.text((tx, ty), t, fill=col, font=font)
+        out = np.asarray(pil).copy()
     return out
 
 
@@ -127,6 +209,11 @@ def heat_rgba(heat: np.ndarray, opacity: float = 0.6, cmap: str = "inferno", wei
     if weight_by_value:
         alpha = alpha * np.clip(heat, 0, 1)
     return np.concatenate([rgb, alpha[..., None]], axis=-1)
+
+
+def heat_picture(heat: np.ndarray, cmap: str = "inferno") -> np.ndarray:
+    """Heat map [H, W] in [0, 1] -> uint8 [H, W, 3] in colour map ``cmap`` (the map itself, beside its overlay)."""
+    return (np.clip(colormap(np.asarray(heat, np.float32), cmap), 0, 1) * 255).round().astype(np.uint8)
 
 
 def composite(image: np.ndarray | torch.Tensor, rgba: np.ndarray) -> np.ndarray:
@@ -246,25 +333,16 @@ def browser_path() -> str | None:
     return Chromium.find_browser(skip_local=False)
 
 
-def write_figure(fig: Any, path: str, width: int = 900, height: int = 600) -> str:
-    """Write a plotly figure to ``.html`` (self-contained, needs nothing) or ``.png``; returns how.
-
-    PNG: kaleido renders it in the browser of :func:`browser_path` (passed to kaleido as its browser path; the
-    process environment is left alone) -> "kaleido". Where no browser exists, or it does not start, a
-    RuntimeWarning says so and :func:`figure_to_png_pil` draws the figure's images and curves -> "pil".
-    """
+def figure_png(fig: Any, width: int | None = None, height: int | None = None) -> tuple[bytes, str]:
+    """PNG bytes of a plotly figure and how they were made: kaleido renders it in the browser of
+    :func:`browser_path` (passed to kaleido as its browser path; the process environment is left alone) ->
+    "kaleido"; where no browser exists, or it does not start, a RuntimeWarning says so and
+    :func:`figure_to_png_pil` draws the figure's images and curves -> "pil". ``width``/``height`` default to the
+    figure's layout size, else 900 x 600."""
     import warnings
-    from pathlib import Path
 
-    from workbench.runs import atomic_write_bytes
-
-    p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix in (".html", ".htm"):
-        atomic_write_bytes(p, fig.to_html(include_plotlyjs=True, full_html=True).encode())
-        return "html"
-    if suffix != ".png":
-        raise ValueError(f"save: unsupported file type {suffix!r} for {path}; use .html or .png")
+    width = int(width or fig.layout.width or 900)
+    height = int(height or fig.layout.height or 600)
     browser = browser_path()
     if browser is not None:
         import kaleido
@@ -273,13 +351,41 @@ def write_figure(fig: Any, path: str, width: int = 900, height: int = 600) -> st
         try:
             data = kaleido.calc_fig_sync(fig, opts=dict(format="png", width=width, height=height, scale=1),
                                          kopts=dict(path=browser))
-            atomic_write_bytes(p, data)
-            return "kaleido"
+            return data, "kaleido"
         except (BrowserFailedError, BrowserDepsError) as e:
             why = f"the browser {browser} did not start ({type(e).__name__}: {str(e)[:120]})"
     else:
         why = "no Chrome or Chromium was found (install chromium, or run kaleido_get_chrome)"
-    warnings.warn(f"PNG export through kaleido impossible: {why}; wrote {p.name} with the PIL renderer "
-                  f"(images and curves only)", RuntimeWarning, stacklevel=2)
-    atomic_write_bytes(p, figure_to_png_pil(fig, width, height))
-    return "pil"
+    warnings.warn(f"PNG export through kaleido impossible: {why}; drew the figure with the PIL renderer "
+                  f"(images and curves only)", RuntimeWarning, stacklevel=3)
+    return figure_to_png_pil(fig, width, height), "pil"
+
+
+PLOTLY_JS = "plotly.min.js"
+
+
+def write_figure(fig: Any, path: str, width: int | None = None, height: int | None = None) -> str:
+    """Write a plotly figure to ``.html`` or ``.png``; returns how ("html", "kaleido" or "pil").
+
+    HTML loads plotly.js from ``plotly.min.js`` beside it (written once per folder, so every figure of a run
+    folder shares one copy; opens offline). PNG: :func:`figure_png`.
+    """
+    from pathlib import Path
+
+    from workbench.runs import atomic_write_bytes
+
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix in (".html", ".htm"):
+        js = p.parent / PLOTLY_JS
+        if not js.exists():
+            from plotly.offline import get_plotlyjs
+
+            atomic_write_bytes(js, get_plotlyjs().encode())
+        atomic_write_bytes(p, fig.to_html(include_plotlyjs="directory", full_html=True).encode())
+        return "html"
+    if suffix != ".png":
+        raise ValueError(f"save: unsupported file type {suffix!r} for {path}; use .html or .png")
+    data, how = figure_png(fig, width, height)
+    atomic_write_bytes(p, data)
+    return how

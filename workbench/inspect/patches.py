@@ -98,13 +98,51 @@ def similarity_images(tokens_a: torch.Tensor, tokens_b: torch.Tensor, query: int
     return heats[0], heats[1]
 
 
+def patch_edges(n: int, size: int) -> list[int]:
+    """Where each of ``n`` patches starts along an axis of ``size`` pixels, then ``size`` (n + 1 values): the
+    blocks nearest upsampling gives each patch (pixel y shows patch floor(y * n / size), as in
+    :func:`patch_at_pixel`), also when ``n`` does not divide ``size``."""
+    return [-(-k * size // n) for k in range(n + 1)]
+
+
+def _zoomed_edges(grid: tuple[int, int], picture: np.ndarray,
+                  image_size: int | tuple[int, int] | None) -> tuple[list[int], list[int]]:
+    """Patch edges (rows, cols) on a picture that shows an image of ``image_size`` zoomed by an integer factor."""
+    H, W = picture.shape[:2]
+    ih, iw = (H, W) if image_size is None else ((image_size, image_size) if isinstance(image_size, int)
+                                                 else tuple(image_size))
+    if H % ih or W % iw:
+        raise ValueError(f"a {H}x{W} picture is not an integer zoom of a {ih}x{iw} image")
+    return ([e * (H // ih) for e in patch_edges(grid[0], ih)], [e * (W // iw) for e in patch_edges(grid[1], iw)])
+
+
 def outline_patch(picture: np.ndarray, patch: tuple[int, int], grid: tuple[int, int],
-                  color: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
-    """A copy of the uint8 picture [H, W, 3] with a 1-pixel ``color`` outline on the border pixels of patch
-    (row, col) of ``grid`` (the query patch of the similarity view)."""
-    (h, w), (H, W) = grid, picture.shape[:2]
-    ph, pw = H // h, W // w
-    return draw_boxes(picture, [(patch[0] * ph, patch[1] * pw, ph, pw)], colors=[color], width=1)
+                  color: tuple[int, int, int] = (0, 255, 0), image_size: int | tuple[int, int] | None = None,
+                  width: int | None = None) -> np.ndarray:
+    """A copy of the uint8 picture [H, W, 3] with a ``color`` outline on the border pixels of patch (row, col)
+    of ``grid`` (the query patch of the similarity view). ``image_size``: the image's size when the picture shows
+    it zoomed (default: the picture's own); ``width`` default: 1 px per 80 px of picture, at least 1."""
+    ys, xs = _zoomed_edges(grid, picture, image_size)
+    r, c = patch
+    width = width or max(1, min(picture.shape[:2]) // 80)
+    return draw_boxes(picture, [(ys[r], xs[c], ys[r + 1] - ys[r], xs[c + 1] - xs[c])], colors=[color], width=width)
+
+
+def patch_grid_lines(picture: np.ndarray, grid: tuple[int, int], image_size: int | tuple[int, int] | None = None,
+                     color: tuple[int, int, int] = (255, 255, 255), opacity: float = 0.35,
+                     min_patch_px: int = 6) -> np.ndarray:
+    """A copy of the uint8 picture [H, W, 3] with 1-pixel lines blended in at ``opacity`` on the inner patch
+    boundaries of ``grid``, so each patch of a map reads as one block; left out (the picture returned as it is)
+    where a patch is under ``min_patch_px`` pixels on the picture. ``image_size`` as in :func:`outline_patch`."""
+    ys, xs = _zoomed_edges(grid, picture, image_size)
+    if min(b - a for a, b in zip(ys, ys[1:])) < min_patch_px or min(b - a for a, b in zip(xs, xs[1:])) < min_patch_px:
+        return picture.copy()
+    out = picture.astype(np.float32)
+    line = np.zeros(picture.shape[:2], bool)
+    line[ys[1:-1], :] = True
+    line[:, xs[1:-1]] = True
+    out[line] = (1 - opacity) * out[line] + opacity * np.asarray(color, np.float32)
+    return out.round().astype(np.uint8)
 
 
 def pca_images(tokens: torch.Tensor, grid: tuple[int, int], image_size: int | tuple[int, int],

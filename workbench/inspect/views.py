@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from workbench.inspect.colors import palette_rgb
-from workbench.inspect.images import denormalize, image_grid, mask_overlay, to_hwc, upscale
+from workbench.inspect.images import denormalize, display_scale, image_grid, mask_overlay, to_hwc, upscale
 
 
 def caption(params: dict[str, torch.Tensor], i: int) -> str:
@@ -60,12 +60,14 @@ def view_images(views: Sequence[torch.Tensor], mean: Sequence[float], std: Seque
     return [denormalize(v, mean, std) for v in views]
 
 
-def augmentation_grid(images: torch.Tensor, config: Any, seed: int = 0, zoom: int | None = None
-                      ) -> tuple[np.ndarray, list[list[str]], Any]:
+def augmentation_grid(images: torch.Tensor, config: Any, seed: int = 0, zoom: int | None = None,
+                      title: str | None = None) -> tuple[np.ndarray, list[list[str]], Any]:
     """Views of uint8 images [N, C, H, W] under an AugmentConfig, drawn from ``seed``.
 
-    Returns (picture uint8 [H', W', 3]: one row per image, the original with each view's crop box in the
-    view's colour, then the views at their true relative size; captions[n][v]; the ViewBatch).
+    Returns (picture uint8 [H', W', 3]: one row per image, the original (zoomed to about 128 px unless ``zoom``)
+    with each view's crop box in the view's colour, then the views at their true relative size, column headings
+    above and beside each row what was drawn for each view in its colour, ``title`` on top; captions[n][v];
+    the ViewBatch).
     """
     from workbench.augment import generate_views
 
@@ -77,7 +79,7 @@ def augmentation_grid(images: torch.Tensor, config: Any, seed: int = 0, zoom: in
     vb = generate_views(images, config, g)
     shown = view_images(vb.views, config.mean, config.std)
     size = images.shape[-1]
-    zoom = zoom or max(1, 96 // size)
+    zoom = zoom or display_scale(size, 128)
     gsize = max(v.size for v in config.views)
     vzoom = max(1, int(round(size * zoom / gsize)))  # the largest view is shown as large as the original
     rows, captions = [], []
@@ -87,7 +89,11 @@ def augmentation_grid(images: torch.Tensor, config: Any, seed: int = 0, zoom: in
         row += [upscale(to_hwc(v[n]), vzoom) for v in shown]
         rows.append(row)
         captions.append([caption(p, n) for p in vb.params])
-    return image_grid(rows), captions, vb
+    pal = palette_rgb()
+    heads = ["image, crop boxes"] + [f"view {v + 1} ({'global' if v < config.num_global else 'local'}, "
+                                     f"{view.size} px)" for v, view in enumerate(config.views)]
+    notes = [[(f"v{v + 1}: {c}", pal[v % len(pal)]) for v, c in enumerate(row)] for row in captions]
+    return image_grid(rows, titles=[heads], notes=notes, title=title), captions, vb
 
 
 def patch_mask_pixels(mask: torch.Tensor, grid: tuple[int, int], image_size: int | tuple[int, int]) -> np.ndarray:
