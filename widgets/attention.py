@@ -19,7 +19,8 @@ class AttentionViewer(WidgetBase):
     """Attention and patch views of ``images`` under a pretrained backbone.
 
     ``source``: anything ``workbench.trained.load_trained`` takes (a run folder or Run, a checkpoint, a Method,
-    a (backbone, info) pair, a backbone); its recorded normalisation is used unless ``mean``/``std`` are given.
+    a (backbone, info) pair, a backbone, a spec such as ``"timm:vit_small_patch14_dinov2.lvd142m"``); its recorded
+    normalisation (a spec's: the model's own) is used unless ``mean``/``std`` are given.
     ``images``: ImageDataset or uint8 [N, C, H, W] at the backbone's image size. Views: ``attention``
     (CLS-to-patch attention of a layer and head or the mean over heads), ``rollout`` (all layers), ``attention mask`` (DINO: the patches holding ``share`` of the mass) — ViT only; ``patch similarity`` (click
     a patch of the left image; cosine similarity of every patch of the left and right image to it) and ``PCA``

@@ -22,8 +22,9 @@ class EmbeddingExplorer(WidgetBase):
     """Explore a feature space.
 
     ``source``: features [N, D] (tensor/array), a FeatureSet (features, labels, factors), or a model (anything
-    ``workbench.trained.load_trained`` takes: its backbone embeds ``images``, or the test split of the data it
-    was trained on when ``images`` is None; features are cached with the run). ``images``: ImageDataset or
+    ``workbench.trained.load_trained`` takes, e.g. a run folder or ``"timm:vit_small_patch14_dinov2.lvd142m"``: its
+    backbone embeds ``images``, or the test split of the data it was trained on when ``images`` is None; features
+    are cached with the run, or for a spec in ``workbench.trained.user_cache_dir()``). ``images``: ImageDataset or
     uint8 [N, C, H, W] for thumbnails (optional); ``labels`` int [N]; ``factors`` name -> [N]. 2-D coordinates:
     PCA immediately; ``umap="background"`` computes UMAP in a thread and switches to it when ready ("now":
     before returning; "off": never). With a run, coordinates are cached in its ``cache/`` folder.
@@ -104,7 +105,7 @@ class EmbeddingExplorer(WidgetBase):
                 ds = trained.dataset("test")
                 images = ds.images
             feats = extract_features(trained, ds if ds is not None else images).features
-            self.cache_dir = self.cache_dir or (trained.run.cache_dir if trained.run is not None else None)
+            self.cache_dir = self.cache_dir or trained.cache_dir
             class_names = class_names or trained.class_names
         elif hasattr(source, "features"):  # FeatureSet
             feats = source.features

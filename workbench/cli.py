@@ -1,5 +1,5 @@
 """The ``workbench`` command line: ``pretrain`` and ``methods`` here, ``evaluate`` from workbench.evaluation, and
-``quickstart | run | sweep | runs | lab`` from workbench.experiments.
+``quickstart | run | sweep | runs | lab`` from workbench.experiments, ``export`` from workbench.trained.export.
 
     workbench pretrain --method simclr --data shapes --backbone small_cnn --epochs 5 --batch-size 256 \\
         --out runs [--resume RUN_DIR] [train.lr=0.5 method_options.temperature=0.2 data.options.n=10000 ...]
@@ -17,6 +17,7 @@ from typing import Sequence
 from workbench.config import ConfigError
 from workbench.evaluation import cli_commands as evaluation_commands
 from workbench.experiments import cli_commands as experiment_commands
+from workbench.trained import export as export_commands
 
 
 class _UsageError(Exception):
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_methods)
     evaluation_commands.add_subcommands(sub)
     experiment_commands.add_subcommands(sub)
+    export_commands.add_subcommands(sub)
     return parser
 
 

@@ -4,7 +4,8 @@
 every report sets beside it go through the same path: ``"random_init"`` (the same architecture, fresh weights)
 and ``"raw_pixels"`` (normalised pixels, flattened). Features of a run are cached under ``run/cache/`` keyed by
 the checkpoint file (mtime and size), the data's contents, the normalisation and the device type, so notebooks
-and repeated reports do not recompute them; raw pixels are never cached (they are the data itself).
+and repeated reports do not recompute them; raw pixels are never cached (they are the data itself). A backbone
+spec (``timm:...``), which has no run folder, caches in ``user_cache_dir()`` keyed by its weights' contents.
 """
 from __future__ import annotations
 
@@ -224,7 +225,7 @@ def extract_features(source: Any, dataset: ImageDataset | torch.Tensor, *, check
     elif baseline == "random_init":
         encoder = random_init_like(encoder, seed)
 
-    root = Path(cache_dir) if cache_dir is not None else (trained.run.cache_dir if trained.run else None)
+    root = Path(cache_dir) if cache_dir is not None else trained.cache_dir
     path = None
     if cache and root is not None and baseline != "raw_pixels":
         key = {"v": CACHE_VERSION, "baseline": baseline, "seed": seed if baseline == "random_init" else None,

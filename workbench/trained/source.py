@@ -1,7 +1,9 @@
 """Any source of a trained model -> one :class:`Trained`: the backbone and what describes it.
 
 A source is a run folder (or ``Run``), a checkpoint file, an in-memory Method (or any module with a
-``backbone``, e.g. a fine-tuned classifier), a bare backbone module, a ``(backbone, info)`` pair, or a Trained.
+``backbone``, e.g. a fine-tuned classifier), a bare backbone module, a ``(backbone, info)`` pair, a Trained, or a
+backbone spec with pretrained weights: ``"timm:vit_small_patch14_dinov2.lvd142m"``, ``"hf-hub:<org>/<repo>"``,
+``"torchvision:resnet50"`` (:func:`load_backbone` takes options: local weights, random init, image size).
 Everything above the engine (evaluation, inspection, widgets) gets its models here, so a run is resolved,
 described and normalised the same way everywhere.
 """
@@ -31,7 +33,8 @@ class Trained:
     ``backbone_name``/``backbone_options``: how ``workbench.models.build_backbone`` rebuilds it (None for a
     foreign module); ``image_size``/``in_chans``: the input it takes; ``mean``/``std``: the normalisation it
     was trained with (None: unknown, :meth:`stats` then gives the defaults); ``data``: the data set it saw,
-    ``{"name", "options"}``; ``run``/``checkpoint``: where it was loaded from; ``info``: the full record.
+    ``{"name", "options"}``; ``run``/``checkpoint``: where it was loaded from; ``info``: the full record;
+    ``spec``: the backbone spec it was built from (``load_backbone``; then mean/std/image size are the model's own).
     """
 
     backbone: nn.Module
@@ -50,13 +53,26 @@ class Trained:
     checkpoint: Path | None = None
     info: dict[str, Any] = field(default_factory=dict)
     module: nn.Module | None = None  # the in-memory Method (or classifier) the backbone came from, if any
+    spec: str | None = None
 
     @property
     def source(self) -> str:
-        """Where it came from, for tables and cache records: a checkpoint path or the module's class name."""
+        """Where it came from, for tables and cache records: a checkpoint path, the spec (and weights file), or
+        the module's class name."""
         if self.checkpoint is not None:
             return str(self.checkpoint)
+        if self.spec is not None:
+            weights = self.backbone_options.get("weights")
+            return f"{self.spec} ({weights})" if weights else self.spec
         return type(self.module or self.backbone).__name__
+
+    @property
+    def cache_dir(self) -> Path | None:
+        """Where its features (and 2-D embeddings) are cached: the run's ``cache/``; for a spec the user cache
+        (``user_cache_dir()``, entries keyed by the weights' contents); None for an in-memory module."""
+        if self.run is not None:
+            return self.run.cache_dir
+        return user_cache_dir() if self.spec is not None else None
 
     @property
     def kind(self) -> str:
@@ -76,14 +92,20 @@ class Trained:
         if self.module is not None:
             return self.module.eval()
         if self.checkpoint is None:
-            raise ValueError(f"a bare {type(self.backbone).__name__} has no method (heads, decoder); pass a run "
-                             "folder, a checkpoint or the trained Method")
+            what = f"the pretrained backbone {self.spec}" if self.spec else f"a bare {type(self.backbone).__name__}"
+            raise ValueError(f"{what} has no method (heads, decoder); pass a run folder, a checkpoint or the "
+                             "trained Method")
         from workbench.config import from_dict
+        from workbench.models.external import without_weights
         from workbench.train.config import PretrainConfig
         from workbench.train.setup import build_method_for
 
         ckpt = read_checkpoint(self.checkpoint)
-        method = build_method_for(from_dict(PretrainConfig, ckpt["config"]), self.image_size, self.in_chans)
+        config = copy.deepcopy(ckpt["config"])
+        model = config.get("model") or {}
+        if "backbone" in model:  # the weights come from the checkpoint: no download, no weights file needed
+            model["options"] = without_weights(model["backbone"], model.get("options") or {})
+        method = build_method_for(from_dict(PretrainConfig, config), self.image_size, self.in_chans)
         method.load_state_dict(ckpt["method"])
         return method.eval()
 
@@ -104,8 +126,17 @@ def random_init_like(backbone: nn.Module, seed: int = 0) -> nn.Module:
     """A copy of ``backbone`` with freshly initialised weights (the random-init baseline), in eval mode.
 
     Every submodule with ``reset_parameters`` is reset under ``torch.manual_seed(seed)``; timm ViTs also get
-    their own ``init_weights`` (CLS token, positions). The original backbone is not touched.
+    their own ``init_weights`` (CLS token, positions). A backbone built from a spec (``timm:``, ``torchvision:``)
+    is built again without its weights, so the library's own initialisation applies (layer scales, registers...).
+    The original backbone is not touched.
     """
+    spec = getattr(backbone, "spec", None)
+    if spec is not None:
+        from workbench.models.external import build_external
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build_external(spec.name, spec.image_size, spec.in_chans, **spec.architecture()).eval()
     model = copy.deepcopy(backbone)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -144,12 +175,13 @@ def _checkpoint_file(path: Path, checkpoint: str) -> tuple[Path, Run | None]:
 
 def _from_checkpoint(path: Path, checkpoint: str) -> Trained:
     from workbench.models.backbones import build_backbone
+    from workbench.models.external import without_weights
 
     file, run = _checkpoint_file(path, checkpoint)
     ckpt = read_checkpoint(file)
     info = dict(ckpt["info"])
     backbone = build_backbone(info["backbone"], image_size=info["image_size"], in_chans=info["in_chans"],
-                              **info.get("backbone_options", {}))
+                              **without_weights(info["backbone"], info.get("backbone_options", {})))
     prefix = "backbone."
     backbone.load_state_dict({k[len(prefix):]: v for k, v in ckpt["method"].items() if k.startswith(prefix)})
     info.update(step=int(ckpt["step"]), epoch=int(ckpt["epoch"]))
@@ -169,14 +201,59 @@ def _from_module(backbone: nn.Module, info: dict[str, Any], module: nn.Module | 
                    module=module)
 
 
+# Where features of spec backbones are cached (they have no run folder): $WORKBENCH_CACHE, else
+# $XDG_CACHE_HOME/ssl-workbench, else ~/.cache/ssl-workbench.
+CACHE_ENV = "WORKBENCH_CACHE"
+
+
+def user_cache_dir() -> Path:
+    """The cache folder of backbones without a run folder (spec backbones): ``$WORKBENCH_CACHE``, else
+    ``$XDG_CACHE_HOME/ssl-workbench``, else ``~/.cache/ssl-workbench``. Entries are keyed by the weights'
+    contents and the data, so one folder serves every model; delete it to reclaim the space."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "ssl-workbench"
+
+
+def load_backbone(spec: str, *, image_size: int | None = None, in_chans: int = 3, **options: Any) -> Trained:
+    """A backbone from outside the workbench as a :class:`Trained`: ``spec`` is ``"timm:<model_name>"``,
+    ``"hf-hub:<org>/<repo>"`` or ``"torchvision:<resnet>"`` (``workbench.models.external``).
+
+    options: ``pretrained=True`` (the library's weights; downloaded where online, else WeightsNotAvailable with
+    advice), ``weights="file.safetensors"`` (a local file: safetensors or a torch state dict), neither (random
+    init), and the library's keyword arguments (timm's, e.g. ``reg_tokens=4``; torchvision's ``small_stem``).
+    ``image_size`` None: the model's own (e.g. 518 px for DINOv2). mean/std are the model's own (timm's data
+    config; ImageNet's for torchvision). ``load_trained(spec)`` is ``load_backbone(spec, pretrained=True)``.
+    """
+    from workbench.models.external import build_external
+
+    backbone = build_external(spec, image_size, in_chans, **options)
+    mean, std = tuple(backbone.data_mean), tuple(backbone.data_std)
+    if len(mean) != backbone.in_chans:  # the model's stats are per RGB channel; other channel counts: their mean
+        mean = (sum(mean) / len(mean),) * backbone.in_chans
+        std = (sum(std) / len(std),) * backbone.in_chans
+    info = {"backbone": spec, "backbone_options": dict(options), "image_size": backbone.image_size,
+            "in_chans": backbone.in_chans, "mean": list(mean), "std": list(std),
+            "feature_dim": int(backbone.feature_dim), "kind": getattr(backbone, "kind", "cnn")}
+    return Trained(backbone.eval(), spec, dict(options), backbone.image_size, backbone.in_chans, mean, std,
+                   info=info, spec=spec)
+
+
 def load_trained(source: Any, checkpoint: str = "last") -> Trained:
     """Resolve any source of a trained model to a :class:`Trained` (see the module docstring for the sources).
 
     ``checkpoint`` names the checkpoint of a run folder (``checkpoints/<name>.pt``). A notebook run that trained
-    into a sub-folder is followed to that training run (``Run.training_run``).
+    into a sub-folder is followed to that training run (``Run.training_run``). A backbone spec
+    (``"timm:..."``, ``"hf-hub:..."``, ``"torchvision:..."``) that is not an existing path loads with its
+    pretrained weights (:func:`load_backbone`).
     """
+    from workbench.models.external import is_spec
+
     if isinstance(source, Trained):
         return source
+    if isinstance(source, str) and is_spec(source) and not Path(source).exists():
+        return load_backbone(source, pretrained=True)
     if isinstance(source, (Run, str, os.PathLike)):
         return _from_checkpoint(Path(source.path if isinstance(source, Run) else source), checkpoint)
     if (isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], nn.Module)
@@ -188,4 +265,5 @@ def load_trained(source: Any, checkpoint: str = "last") -> Trained:
             return _from_module(inner, {}, module=source)
         return _from_module(source, {})
     raise TypeError(f"cannot load a trained model from a {type(source).__name__}; pass a run folder, a checkpoint "
-                    "file, a Method, a backbone module or a (backbone, info) pair")
+                    "file, a Method, a backbone module, a (backbone, info) pair or a backbone spec such as "
+                    "'timm:vit_small_patch14_dinov2.lvd142m'")

@@ -1,0 +1,72 @@
+"""Attention views of a ViT with register tokens (DINOv2-reg): the maps are timm's real attention over CLS, registers
+and patches, and every patch view reads the CLS row at the patch columns only."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from workbench.inspect import attention as A
+from workbench.inspect.patches import patch_tokens
+from workbench.models import build_backbone
+
+
+@pytest.fixture(scope="module")
+def reg_vit():
+    torch.manual_seed(0)
+    bb = build_backbone("timm:vit_small_patch14_reg4_dinov2", 28, depth=2, patch_size=7).eval()
+    torch.nn.init.normal_(bb.vit.reg_token, std=1.0)  # registers that draw attention, so a wrong slice shows
+    return bb
+
+
+def _reference_maps(vit, x: torch.Tensor) -> list[torch.Tensor]:
+    """softmax(q k^T / sqrt(d)) per block, from the blocks' own qkv on timm's token sequence (CLS, 4 registers,
+    16 patches), computed here without the workbench's hooks."""
+    tokens = vit.norm_pre(vit._pos_embed(vit.patch_embed(x)))
+    maps = []
+    for block in vit.blocks:
+        attn = block.attn
+        b, t, d = tokens.shape
+        qkv = attn.qkv(block.norm1(tokens)).reshape(b, t, 3, attn.num_heads, d // attn.num_heads)
+        q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        maps.append(((q * attn.scale) @ k.transpose(-2, -1)).softmax(-1))
+        tokens = block(tokens)
+    return maps
+
+
+def test_attention_maps_are_timms_attention_over_prefix_and_patches(reg_vit):
+    x = torch.randn(2, 3, 28, 28)
+    maps = A.attention_maps(reg_vit, x)
+    assert [m.shape for m in maps] == [(2, 6, 21, 21)] * 2
+    with torch.no_grad():
+        ref = _reference_maps(reg_vit.vit, x)
+    for got, want in zip(maps, ref):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert all(m.fused_attn for m in reg_vit.vit.modules() if hasattr(m, "fused_attn"))  # switched back on
+
+
+def _heat(values: torch.Tensor) -> torch.Tensor:
+    """Per-patch values [B, 16] as the 28 px heat map the views show: 7x7 blocks, min-max scaled per image."""
+    up = F.interpolate(values.reshape(-1, 1, 4, 4), size=(28, 28), mode="nearest")[:, 0]
+    lo, hi = up.amin((1, 2), keepdim=True), up.amax((1, 2), keepdim=True)
+    return (up - lo) / (hi - lo)
+
+
+def test_patch_views_skip_the_prefix_tokens(reg_vit):
+    x = torch.randn(2, 3, 28, 28)
+    maps = A.attention_maps(reg_vit, x)
+    assert A.num_prefix_tokens(maps, reg_vit.grid) == 5
+    cls_to_patches = maps[-1][:, :, 0, 5:].mean(1)  # [B, 16]: CLS query, patch keys
+    torch.testing.assert_close(A.head_attention(maps, -1, "mean", num_prefix=5), cls_to_patches)
+    torch.testing.assert_close(torch.from_numpy(A.attention_image(maps, reg_vit.grid, 28, "attention")),
+                               _heat(cls_to_patches))
+    rollout = A.attention_rollout(maps)  # [B, 21, 21]: registers stay in the product, the patch columns are read
+    torch.testing.assert_close(torch.from_numpy(A.attention_image(maps, reg_vit.grid, 28, "rollout")),
+                               _heat(rollout[:, 0, 5:]))
+    with pytest.raises(ValueError, match="do not fill a 4x4 grid"):  # the old CLS-only slice would take registers
+        A.to_grid(A.head_attention(maps, -1, "mean"), reg_vit.grid)
+    tokens, grid = patch_tokens(reg_vit, x)
+    assert grid == (4, 4) and tokens.shape == (2, 16, 384)
+    with torch.no_grad():
+        torch.testing.assert_close(tokens, reg_vit.vit.forward_features(x)[:, 5:])
