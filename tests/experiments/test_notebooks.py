@@ -180,6 +180,22 @@ def check_tutorial_semi_supervised(run: Run, tmp_path: Path) -> None:
     assert "semi_supervised.html" in _pictures(run)
 
 
+def check_frozen_backbones(run: Run, tmp_path: Path) -> None:
+    s = run.summary
+    # offline: the "pretrained" backbone is the architecture's random init, written to a local file and loaded back
+    assert s["weights"] == "random" and s["frozen"] == "timm:vit_small_patch14_dinov2.lvd142m", s
+    source = s["frozen_source"]  # "<spec> (<weights file>)"
+    assert source.startswith(s["frozen"] + " (") and source.endswith("backbone.safetensors)"), s
+    assert Path(source[len(s["frozen"]) + 2:-1]).exists() and s["frozen_image_size"] == 56, s
+    for key in ("knn_acc", "linear_acc", "knn_acc_random_init", "knn_acc_raw_pixels", "frozen_knn_acc",
+                "frozen_linear_acc"):
+        assert _finite(s[key]) and 0.0 <= s[key] <= 1.0, (key, s)
+    assert s["knn_acc"] > 1.2 * _chance(run), s  # the backbone trained here learned something
+    header = (run.path / "comparison.csv").read_text().splitlines()[0]
+    assert "frozen timm:vit_small_patch14_dinov2.lvd142m" in header and "trained here (simclr)" in header
+    assert {"embedding_frozen.html", "embedding_here.html", "attention_frozen.png"} <= _pictures(run)
+
+
 # measured margins (see the report of each tutorial's CI runs)
 COLOUR_PROBE_GAP = 0.08  # measured 0.135 / 0.177 (seeds 0 / 1)
 TINT_KNN_GAP = 0.2  # measured 0.42 / 0.40
@@ -200,6 +216,11 @@ CASES: dict[str, Case] = {
     "pretrain.ipynb": Case({"epochs": 1, "n_images": 1000, "batch_size": 128, "metrics": "knn,linear",
                             "backbone_options": SMALL_CNN, "method_options": SMALL_HEAD}, check_pretrain),
     "compare_runs.ipynb": Case(_fake_runs, check_compare_runs),
+    # offline: a 2-block DINOv2 ViT-S at random init through a local file, beside a small CNN trained for 1 epoch
+    "frozen_backbones.ipynb": Case({"frozen": "timm:vit_small_patch14_dinov2.lvd142m", "frozen_options": {"depth": 2},
+                                    "weights": "random", "frozen_image_size": 56, "n_images": 400, "epochs": 1,
+                                    "batch_size": 64, "backbone_options": SMALL_CNN, "umap": "off"},
+                                   check_frozen_backbones),
     # tutorials: CI sizes run each in about a minute on a 2-core CPU
     "tutorial_01_augmentations.ipynb": Case({"epochs": 3, "n_images": 2000, "n_eval": 1000},
                                             check_tutorial_augmentations),
