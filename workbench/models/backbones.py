@@ -171,7 +171,8 @@ class ViT(Backbone):
             raise ValueError(f"{type(vit).__name__}: the workbench takes square images split into square patches "
                              f"that divide them; got {ih}x{iw} px images and {ph}x{pw} patches")
         self.vit = vit
-        self.feature_dim, self.image_size, self.in_chans, self.patch_size = vit.num_features, ih, embed.proj.in_channels, ph
+        self.feature_dim, self.image_size, self.patch_size = vit.num_features, ih, ph
+        self.in_chans = embed.proj.in_channels
         self.grid = (ih // ph, iw // pw)
         self.num_patches = self.grid[0] * self.grid[1]
         self.num_prefix_tokens = int(vit.num_prefix_tokens)

@@ -197,7 +197,7 @@ def _timm_arch(model_name: str, kwargs_json: str) -> _TimmArch:
             raise ConfigError(f"timm has no weights tag {model_name!r}; tags of this model: {tags}") from None
         raise ConfigError(f"timm model {model_name!r} rejected options {kwargs}: {type(e).__name__}: {e}") from None
     except OSError as e:  # an hf-hub: model's config could not be fetched
-        raise WeightsNotAvailable(_offline_advice(model_name, e)) from None
+        raise WeightsNotAvailable(_offline_advice(f"the config of hub model {model_name!r}", e)) from None
     sig = inspect.signature(type(model).__init__)
     tokens = hasattr(model, "num_prefix_tokens") and hasattr(model, "patch_embed") and hasattr(model, "blocks")
     patch = model.patch_embed.patch_size if hasattr(model, "patch_embed") else None
@@ -400,7 +400,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def _build_timm(name: str, model_name: str, opts: TimmOptions, image_size: int | None, in_chans: int) -> Backbone:
+def _build_timm(model_name: str, opts: TimmOptions, image_size: int | None, in_chans: int) -> Backbone:
     import timm
     from timm.data import resolve_model_data_config
 
@@ -486,7 +486,7 @@ def build_external(name: str, image_size: int | None = None, in_chans: int = 3, 
     library, model_name = split_spec(name)
     opts = external_options(name, options)
     if library == "timm":
-        bb = _build_timm(name, model_name, opts, image_size, in_chans)
+        bb = _build_timm(model_name, opts, image_size, in_chans)
     else:
         bb = _build_torchvision(model_name, opts, image_size, in_chans)
     bb.spec = BackboneSpec(name, dict(options), int(bb.image_size), int(bb.in_chans))

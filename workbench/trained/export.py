@@ -152,7 +152,7 @@ def load_line(desc: dict[str, Any]) -> str:
 def add_subcommands(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
     """Add ``export`` to an argparse subparsers object; the parser's ``func(args) -> int`` runs it."""
     p = subparsers.add_parser(
-        "export", help="write a run's backbone alone (safetensors or torch) + a JSON of the library model it loads into",
+        "export", help="write a run's backbone alone (safetensors or torch) and a JSON of the model it loads into",
         description="Export the backbone of RUN with plain keys that load into timm.create_model(...) or a "
                     "torchvision ResNet without the workbench, and backbone.json describing it.")
     p.add_argument("run_dir", metavar="RUN", help="run folder (or checkpoint file, or a timm:/torchvision: spec)")
