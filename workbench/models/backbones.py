@@ -169,7 +169,9 @@ class ViT(Backbone):
         (ph, pw), (ih, iw) = embed.patch_size, embed.img_size
         if ph != pw or ih != iw or ih % ph:
             raise ValueError(f"{type(vit).__name__}: the workbench takes square images split into square patches "
-                             f"that divide them; got {ih}x{iw} px images and {ph}x{pw} patches")
+                             f"that divide them; got {ih}x{iw} px images and {ph}x{pw} patches: pick an image size "
+                             f"that is a multiple of {ph}, or another patch size (timm option patch_size, e.g. "
+                             f"model.options.patch_size=4)")
         self.vit = vit
         self.feature_dim, self.image_size, self.patch_size = vit.num_features, ih, ph
         self.in_chans = embed.proj.in_channels
