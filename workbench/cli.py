@@ -4,8 +4,11 @@
     workbench pretrain --method simclr --data shapes --backbone small_cnn --epochs 5 --batch-size 256 \\
         --out runs [--resume RUN_DIR] [train.lr=0.5 method_options.temperature=0.2 data.options.n=10000 ...]
 
-Bad input (unknown method, malformed override, invalid value) prints one line naming the problem and exits
-with status 2, without a traceback.
+``key=value`` overrides may stand anywhere among the flags. Bad input (unknown method or data set, malformed
+override, invalid value or JSON, unreadable data or checkpoint, a run another process writes) prints one line
+naming the problem, plus a ``hint:`` line where there is a fix, and exits with status 2 without a traceback or a
+half-made run folder. A run stopped by SIGTERM/SIGINT checkpoints, is marked interrupted and exits with
+128 + the signal (143, 130); a diverged run exits 1.
 """
 from __future__ import annotations
 
@@ -15,9 +18,14 @@ import sys
 from typing import Sequence
 
 from workbench.config import ConfigError
+from workbench.data.base import DataError
 from workbench.evaluation import cli_commands as evaluation_commands
 from workbench.experiments import cli_commands as experiment_commands
 from workbench.trained import export as export_commands
+from workbench.runs import CheckpointError, RunLockedError
+
+# the positional key=value list of each sub-command that takes one: pairs found later among the flags join it
+KEY_VALUE_LISTS = {"pretrain": "overrides", "evaluate": "options"}
 
 
 class _UsageError(Exception):
@@ -61,8 +69,21 @@ def build_config(args: argparse.Namespace):
             raise FileNotFoundError(f"--resume {args.resume}: no config.json there (is it a run folder?)")
         base = from_dict(PretrainConfig, recorded)
     elif args.config:
-        with open(args.config) as f:
-            base = from_dict(PretrainConfig, json.load(f))
+        try:
+            with open(args.config) as f:
+                loaded = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--config {args.config} is not valid JSON ({e.msg} at line {e.lineno}, column "
+                              f"{e.colno})") from None
+        except (FileNotFoundError, IsADirectoryError):
+            raise FileNotFoundError(f"--config {args.config}: no such file") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--config {args.config} holds a JSON {type(loaded).__name__}; it must be an object "
+                              "of PretrainConfig fields (such as a run's config.json)")
+        try:
+            base = from_dict(PretrainConfig, loaded)
+        except ValueError as e:
+            raise ConfigError(f"--config {args.config}: {e}") from None
     else:
         base = PretrainConfig()
     flags = {"method": args.method, "data.name": args.data, "model.backbone": args.backbone,
@@ -76,7 +97,7 @@ def build_config(args: argparse.Namespace):
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from workbench.train.engine import TrainingDiverged, pretrain
+    from workbench.train.engine import TrainingDiverged, TrainingInterrupted, pretrain
 
     try:
         cfg = build_config(args)
@@ -87,10 +108,17 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     except TrainingDiverged as e:
         print(f"error: training diverged: {e}", file=sys.stderr)
         return 1
-    s = run.summary.get("pretrain", {})
+    except TrainingInterrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return e.exit_code
+    s, status = run.summary.get("pretrain", {}), run.status
     print(f"run folder: {run.path}")
-    print(f"status:     {run.status.get('status')}  steps {s.get('steps')}  loss {s.get('train_loss')}  "
+    print(f"status:     {status.get('status')}  steps {s.get('steps')}  loss {s.get('train_loss')}  "
           f"kNN acc {s.get('knn_acc')}")
+    if status.get("skipped_count"):
+        print(f"skipped:    {status['skipped_count']} unreadable image file(s), listed in {run.path / 'status.json'}")
+    for message in (status.get("warnings") or {}).values():
+        print(f"warning:    {message}")
     return 0
 
 
@@ -119,11 +147,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; ``key=value`` items after the first flag join the sub-command's key=value list
+    (``KEY_VALUE_LISTS``), so overrides may stand anywhere among the flags. Anything else unknown is an error."""
+    args, extra = parser.parse_known_args(argv)
+    target = KEY_VALUE_LISTS.get(getattr(args, "command", None) or "")
+    pairs = [x for x in extra if target and not x.startswith("-")]
+    rest = [x for x in extra if x not in pairs]
+    if rest:
+        raise _UsageError(f"{parser.prog}: error: unrecognized arguments: {' '.join(rest)}")
+    if pairs:
+        setattr(args, target, [*(getattr(args, target) or []), *pairs])
+    return args
+
+
+def report_error(e: BaseException) -> None:
+    """Print ``e`` on stderr as one ``error:`` line and, where the error carries one, a ``hint:`` line."""
+    hint = getattr(e, "hint", None)
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    if hint:
+        lines = [ln for ln in lines if ln != f"hint: {hint}"]
+    print("error: " + " ".join(lines), file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``workbench`` console script; returns the exit code."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse_args(parser, argv)
     except _UsageError as e:
         print(str(e), file=sys.stderr)
         return 2
@@ -132,8 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ConfigError, DataError, CheckpointError, RunLockedError, FileNotFoundError, FileExistsError) as e:
+        report_error(e)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

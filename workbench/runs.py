@@ -3,45 +3,91 @@
 Layout (README, "Runs")::
 
     runs/<YYYYmmdd-HHMMSS>-<method>-<data>-<id>/
-        config.json  env.json  metrics.jsonl  status.json  summary.json  [links.json]
-        checkpoints/last.pt  checkpoints/epoch-0003.pt ...   (state dicts only)
+        config.json  env.json  metrics.jsonl  status.json  summary.json  [links.json]  .lock
+        checkpoints/last.pt  [checkpoints/epoch-0003.pt  step-00000150.pt ...]   (state dicts only; the numbered
+                                                              files with train.keep_checkpoints)
         cache/                                                (features, 2-D embeddings)
 
 Every JSON and checkpoint is written to a temporary file in the same folder and renamed, so a reader
-never sees half a file and a crash never destroys the previous version.
+never sees half a file and a crash never destroys the previous version (files get the mode the umask gives).
+
+One writer per run: a trainer holds ``<run>/.lock`` (``Run.acquire_writer``, an ``fcntl.flock`` the kernel
+releases when the process dies) for its whole life; a second writer gets :class:`RunLockedError` naming the
+holder's pid and host. ``Run.status`` reads a ``running`` record whose writer is gone (lock free, or its pid dead
+on this host) as ``interrupted``. README, "What happens when things go wrong".
 """
 from __future__ import annotations
 
 import datetime as _dt
+import errno
+import fcntl
 import json
 import os
+import pickle
 import platform
 import secrets
+import socket
 import subprocess
 import sys
-import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
-STATUSES = ("created", "running", "completed", "failed")
+from workbench.config import ConfigError
+
+STATUSES = ("created", "running", "completed", "failed", "interrupted")
 LINKS_FILE = "links.json"  # named links to other run folders (a notebook run -> the run it trained)
+LOCK_FILE = ".lock"        # the writer lock of a run folder (content: the holder's pid, host, start time)
+TMP_SUFFIX = ".tmp"        # temporary files of the atomic writers are named .<file>.<random>.tmp
+
+
+class RunLockedError(RuntimeError):
+    """Another live process writes this run (it holds ``<run>/.lock``); ``holder`` is its pid/host/start record."""
+
+    def __init__(self, path: Path, holder: dict[str, Any]):
+        self.path, self.holder = path, holder
+        since = f" (since {holder['since']})" if holder.get("since") else ""
+        who = (f"pid {holder.get('pid')} on host {holder.get('host')!r}{since}" if holder.get("pid")
+               else "another process (it has not written its pid yet)")
+        self.hint = ("wait for it to finish, or stop it with `kill -TERM <pid>` (it checkpoints and marks itself "
+                     "interrupted), then resume")
+        super().__init__(f"run {path} is being written by {who}; a run folder has one writer at a time\n"
+                         f"hint: {self.hint}")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used: truncated or corrupt, not plain weights, or from another run."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        self.hint = hint
+        super().__init__(message + (f"\nhint: {hint}" if hint else ""))
+
+
+def _temp_path(path: Path) -> Path:
+    return path.parent / f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}"
+
+
+def _open_new(tmp: Path) -> int:
+    """Create ``tmp`` exclusively with mode 0666 minus the umask (what ``open`` gives), return its descriptor."""
+    return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _temp_path(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with os.fdopen(_open_new(tmp), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -53,14 +99,56 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` through a temporary file and rename (the checkpoint on disk is always whole)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _temp_path(path)
     try:
-        torch.save(obj, tmp)
+        with os.fdopen(_open_new(tmp), "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Make ``dst`` the same file as ``src`` atomically (a hard link renamed into place; a copy where the file
+    system has no hard links)."""
+    src, dst = Path(src), Path(dst)
+    tmp = _temp_path(dst)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            atomic_write_bytes(tmp, src.read_bytes())
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_weights(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with errors a user can act on (:class:`CheckpointError` naming the
+    file): truncated or corrupt files, and files holding Python objects (which are refused, never executed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = [ln.strip() for ln in str(e).splitlines() if "Unsupported" in ln or "global" in ln.lower()]
+        found = [ln for ln in found if "weights_only" not in ln]
+        raise CheckpointError(
+            f"{path} is not a plain-weights checkpoint: it holds Python objects that are not loaded for safety"
+            + (f" ({found[0][:160]})" if found else ""),
+            "use a checkpoint written by `workbench pretrain` (state dicts only); do not load a file you did not "
+            "write yourself") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as e:
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        size = path.stat().st_size if path.exists() else 0
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({size} bytes; {reason})",
+            "resume from another checkpoint in that folder (copy it to last.pt), or start a new run") from None
 
 
 def _json_default(o: Any) -> Any:
@@ -97,6 +185,93 @@ def environment() -> dict[str, Any]:
     }
 
 
+def _host() -> str:
+    return socket.gethostname()
+
+
+def _process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` (clock ticks since boot, from /proc; None where unknown), so a pid reused
+    by another process is not mistaken for the writer."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int, start: int | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    now = _process_start(pid)
+    return start is None or now is None or now == start
+
+
+_HELD: dict[str, "RunLock"] = {}  # run folder (resolved) -> the writer lock this process holds on it
+_HELD_GUARD = threading.Lock()
+
+
+class RunLock:
+    """The writer lock of one run folder, held by this process until :meth:`release` (or the process ends)."""
+
+    def __init__(self, run: "Run", fd: int):
+        self.run, self._fd = run, fd
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def announce(self) -> None:
+        """Write this process as the holder (pid, host, start time) into the lock file, where a refused second
+        writer reads it. A resume announces only once it has checked its checkpoint, so a resume that cannot
+        start leaves even the lock file as it was."""
+        record = {"pid": os.getpid(), "host": _host(), "since": _dt.datetime.now().isoformat(timespec="seconds")}
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, json.dumps(record).encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with _HELD_GUARD:
+            if _HELD.get(self.run._key) is self:
+                del _HELD[self.run._key]
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    def __del__(self) -> None:  # a forgotten lock is still released when the object goes
+        try:
+            self.release()
+        except Exception:
+            pass
+
+
+def _try_flock(fd: int, mode: int, wait_s: float) -> bool:
+    """flock ``fd`` without blocking, retrying for ``wait_s`` (a reader's probe holds it for microseconds)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
 class Run:
     """A run directory. Cheap to construct; reads files on demand."""
 
@@ -120,9 +295,112 @@ class Run:
         run.path.mkdir(parents=True, exist_ok=False)
         if config is not None:
             run.write_config(config)
-        atomic_write_json(run.path / "env.json", environment())
+        atomic_write_json(run.path / "env.json", {"run_id": secrets.token_hex(8), **environment()})
         run.set_status("created")
         return run
+
+    @property
+    def run_id(self) -> str | None:
+        """The random id minted when the folder was made (env.json ``run_id``; None for older runs). Checkpoints
+        carry it, so one copied in from another run is recognised."""
+        value = self.env.get("run_id")
+        return value if isinstance(value, str) else None
+
+    # -- the one writer ---------------------------------------------------------------------------------
+    @property
+    def _key(self) -> str:
+        return str(self.path.resolve())
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_FILE
+
+    def lock_holder(self) -> dict[str, Any]:
+        """Who holds (or last announced holding) the lock: pid, host, since ({} when unknown). The lock file's
+        record, corrected on Linux by the kernel's own list of lock holders (/proc/locks) when the file still
+        names an earlier holder."""
+        try:
+            record = json.loads(self.lock_path.read_text() or "{}")
+        except (OSError, json.JSONDecodeError):
+            record = {}
+        record = record if isinstance(record, dict) else {}
+        try:
+            inode = os.stat(self.lock_path).st_ino
+            for line in Path("/proc/locks").read_text().splitlines():
+                parts = line.split()
+                if "FLOCK" in parts and len(parts) > 5 and parts[5].rsplit(":", 1)[-1] == str(inode):
+                    pid = int(parts[4])
+                    if pid != record.get("pid") or record.get("host") != _host():
+                        record = {"pid": pid, "host": _host()}  # it has not announced itself yet
+                    break
+        except (OSError, ValueError, IndexError):
+            pass
+        return record
+
+    def acquire_writer(self, wait_s: float = 1.0, announce: bool = True) -> RunLock:
+        """Take this run's writer lock (``<run>/.lock``, ``fcntl.flock``) for the life of the writer; the kernel
+        releases it when the process dies. A live holder (another process, or another writer in this one) is a
+        :class:`RunLockedError` naming its pid and host. ``announce``: write this process into the lock file now
+        (else call ``RunLock.announce`` later)."""
+        if not self.path.is_dir():
+            raise FileNotFoundError(f"run folder {self.path} does not exist")
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            if not _try_flock(fd, fcntl.LOCK_EX, wait_s):
+                raise RunLockedError(self.path, self.lock_holder())
+        except BaseException:
+            os.close(fd)
+            raise
+        lock = RunLock(self, fd)
+        if announce:
+            lock.announce()
+        with _HELD_GUARD:
+            _HELD[self._key] = lock
+        return lock
+
+    def writer_alive(self, record: dict[str, Any] | None = None) -> bool | None:
+        """True when a live process writes this run, False when its writer is gone, None when that cannot be
+        told (a writer on another host without a lock file). With a lock file the lock decides; otherwise the
+        pid recorded in ``record`` (the status) on this host."""
+        if self.lock_path.exists():
+            if self._key in _HELD:
+                return True
+            try:
+                fd = os.open(self.lock_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError:
+                return None
+            try:
+                free = _try_flock(fd, fcntl.LOCK_SH, 0.0)
+                if free:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                return not free
+            finally:
+                os.close(fd)
+        record = self.recorded_status if record is None else record
+        pid = record.get("pid")
+        if not isinstance(pid, int) or record.get("host") != _host():
+            return None
+        return _pid_alive(pid, record.get("pid_start"))
+
+    def _write_guard(self) -> RunLock | None:
+        """For writes from outside the trainer (evaluate, notebooks): a RunLockedError while another live writer
+        holds the lock, else the lock taken for the moment of the write (None when this process holds it, or the
+        folder has never had a locking writer)."""
+        if self._key in _HELD or not self.lock_path.exists():
+            return None
+        return self.acquire_writer(announce=False)
+
+    def remove_orphans(self) -> list[Path]:
+        """Delete temporary files (``.<name>.<random>.tmp``) that killed writers left in the folder and in
+        checkpoints/; call it only while holding the writer lock. Returns what was removed."""
+        removed = []
+        for folder in (self.path, self.checkpoints_dir):
+            if folder.is_dir():
+                for p in folder.glob(f".*{TMP_SUFFIX}"):
+                    if p.is_file():
+                        p.unlink(missing_ok=True)
+                        removed.append(p)
+        return removed
 
     # -- files ------------------------------------------------------------------------------------------
     @property
@@ -134,8 +412,15 @@ class Run:
         return self.path / "cache"
 
     def _read_json(self, name: str) -> dict[str, Any]:
+        """A JSON record of the run ({} when absent); a ValueError naming the file when it is not valid JSON."""
         p = self.path / name
-        return json.loads(p.read_text()) if p.exists() else {}
+        if not p.exists():
+            return {}
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{p} is corrupt: not valid JSON ({e.msg} at line {e.lineno}); restore it or remove "
+                              "the run folder") from None
 
     @property
     def config(self) -> dict[str, Any]:
@@ -149,14 +434,34 @@ class Run:
         return self._read_json("env.json")
 
     @property
-    def status(self) -> dict[str, Any]:
+    def recorded_status(self) -> dict[str, Any]:
+        """status.json as written (a dead writer's record still says ``running``)."""
         return self._read_json("status.json")
 
+    @property
+    def status(self) -> dict[str, Any]:
+        """status.json, with a ``running`` record whose writer is gone read as ``interrupted`` (``recorded_status``
+        keeps what the file says; ``step`` is the last step it recorded)."""
+        record = self.recorded_status
+        if record.get("status") != "running" or self.writer_alive(record) is not False:
+            return record
+        record = self.recorded_status  # the writer may have finished between the two reads
+        if record.get("status") != "running":
+            return record
+        who = f"pid {record.get('pid')} on {record.get('host')}" if record.get("pid") else "its writer"
+        return {**record, "status": "interrupted", "recorded_status": "running",
+                "reason": f"{who} stopped without closing the run (killed?)"}
+
     def set_status(self, status: str, **details: Any) -> None:
-        """Record ``status`` (created/running/completed/failed) with details such as ``error`` or ``step``."""
+        """Record ``status`` (created/running/completed/failed/interrupted) with details such as ``error`` or
+        ``step``. A ``running`` record also names this process (pid, host) and the time (``heartbeat``)."""
         if status not in STATUSES:
             raise ValueError(f"status {status!r} is not one of {STATUSES}")
-        record = {"status": status, "updated": _dt.datetime.now().isoformat(timespec="seconds"), **details}
+        now = _dt.datetime.now().isoformat(timespec="seconds")
+        record: dict[str, Any] = {"status": status, "updated": now}
+        if status == "running":
+            record.update(pid=os.getpid(), pid_start=_process_start(os.getpid()), host=_host(), heartbeat=now)
+        record.update(details)
         atomic_write_json(self.path / "status.json", record)
 
     @property
@@ -183,8 +488,13 @@ class Run:
 
     def update_summary(self, values: dict[str, Any]) -> dict[str, Any]:
         """Merge ``values`` into summary.json (atomically) and return the merged summary."""
-        merged = {**self.summary, **values}
-        atomic_write_json(self.path / "summary.json", merged)
+        guard = self._write_guard()  # never while another live process trains this run
+        try:
+            merged = {**self.summary, **values}
+            atomic_write_json(self.path / "summary.json", merged)
+        finally:
+            if guard is not None:
+                guard.release()
         return merged
 
     def log_metrics(self, record: dict[str, Any]) -> None:
@@ -220,14 +530,14 @@ class Run:
         return sorted(self.checkpoints_dir.glob("*.pt")) if self.checkpoints_dir.exists() else []
 
     def load_checkpoint(self, name: str = "last", map_location: str | torch.device = "cpu") -> dict[str, Any]:
-        """Load a checkpoint with ``weights_only=True``; a clear error if the run has none."""
+        """Load a checkpoint with ``weights_only=True``; a clear error if the run has none or it is unreadable."""
         path = self.checkpoint_path(name)
         if not path.exists():
             have = [p.stem for p in self.checkpoints()]
             raise FileNotFoundError(f"run {self.path} has no checkpoint {name!r} at {path}; "
                                     + (f"available: {have}" if have else "it has no checkpoints at all "
                                        "(was it pretrained? run `workbench pretrain ...` first)"))
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return load_weights(path, map_location)
 
 
 def list_runs(runs_dir: str | os.PathLike) -> list[Run]:

@@ -16,6 +16,15 @@ import torch.nn.functional as F
 SPLITS = ("train", "test")
 
 
+class DataError(ValueError):
+    """A data set cannot be loaded as asked (unknown name or option, missing, corrupt or unreadable files); the
+    message names what is wrong and ``hint`` (also its last line) how to fix it."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        self.hint = hint
+        super().__init__(message + (f"\nhint: {hint}" if hint else ""))
+
+
 @dataclass
 class ImageDataset:
     """uint8 images [N, C, H, W], int64 labels [N] (-1 = unlabelled), class names, and per-image factors.
@@ -147,16 +156,22 @@ def load(name: str, split: str = "train", **options: Any) -> ImageDataset:
     Options are passed to the loader; an option it does not take is an error listing the ones it does.
     """
     if name not in _REGISTRY:
-        raise ValueError(f"unknown data set {name!r}; known data sets: {', '.join(map(repr, known_datasets()))}")
+        raise DataError(f"unknown data set {name!r}; known data sets: {', '.join(map(repr, known_datasets()))}",
+                        "pick one of those names (or register a loader with workbench.data.register)")
     if split not in SPLITS:
-        raise ValueError(f"{name!r}: split={split!r} is not a split; use one of {list(SPLITS)}")
+        raise DataError(f"{name!r}: split={split!r} is not a split; use one of {list(SPLITS)}")
     accepted = loader_options(name)
     params = inspect.signature(_REGISTRY[name]).parameters.values()
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         unknown = sorted(set(options) - set(accepted))
         if unknown:
-            raise ValueError(f"{name!r} does not take option(s) {unknown}; it accepts {accepted}")
-    return _REGISTRY[name](split=split, **options)
+            raise DataError(f"{name!r} does not take option(s) {unknown}; it accepts {accepted}")
+    try:
+        return _REGISTRY[name](split=split, **options)
+    except DataError:
+        raise
+    except ValueError as e:  # a loader's own check: the same message, as the one error type callers catch
+        raise DataError(str(e)) from e
 
 
 def channel_stats(data: ImageDataset | torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:

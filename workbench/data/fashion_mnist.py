@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workbench.data.base import ImageDataset, check_n, check_size, finish, register
+from workbench.data.base import DataError, ImageDataset, check_n, check_size, finish, register
 
 SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -49,19 +49,21 @@ def find_files(split: str, root: str | Path | None) -> tuple[Path, Path] | None:
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (gzipped or not) as a uint8 array of the shape its header gives."""
     opener = gzip.open if path.suffix == ".gz" else open
+    fix = "delete it and fetch it again (or reinstall dataset-fashion-mnist)"
     try:
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as e:
-        raise ValueError(f"{path} is truncated or corrupt ({e}); delete it and fetch it again") from e
+        raise DataError(f"{path} is truncated or corrupt ({e})", fix) from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path} is truncated or corrupt: not an unsigned-byte IDX file")
+        raise DataError(f"{path} is truncated or corrupt: not an unsigned-byte IDX file (magic "
+                        f"{raw[:4].hex() or 'missing'}, expected 000008xx)", fix)
     ndim = raw[3]
     shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
     body = raw[4 + 4 * ndim:]
-    if len(body) != int(np.prod(shape)):
-        raise ValueError(f"{path} is truncated or corrupt: its header says {shape} ({int(np.prod(shape))} bytes) "
-                         f"but it holds {len(body)}; delete it and fetch it again")
+    if len(raw) < 4 + 4 * ndim or len(body) != int(np.prod(shape)):
+        raise DataError(f"{path} is truncated or corrupt: its header says {shape} ({int(np.prod(shape))} bytes) "
+                        f"but it holds {len(body)}", fix)
     return np.frombuffer(body, dtype=np.uint8).reshape(shape)
 
 
@@ -88,7 +90,7 @@ def load_fashion_mnist(split: str = "train", *, root: str | Path | None = None, 
             "on a machine that is online.")
     images, labels = read_idx(found[0]), read_idx(found[1])
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(f"{found[0]} / {found[1]} are not a matching Fashion-MNIST pair: images {images.shape}, "
+        raise DataError(f"{found[0]} / {found[1]} are not a matching Fashion-MNIST pair: images {images.shape}, "
                          f"labels {labels.shape}")
     ds = ImageDataset(torch.from_numpy(images.copy())[:, None], torch.from_numpy(labels.astype(np.int64)),
                       list(CLASS_NAMES), "fashion-mnist", split)

@@ -13,21 +13,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workbench.data.base import ImageDataset, check_size, register
+from workbench.data.base import DataError, ImageDataset, check_size, register
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
-class CorruptImagesError(ValueError):
+class CorruptImagesError(DataError):
     """Some image files could not be decoded; ``files`` holds (path, reason) for each."""
 
     def __init__(self, files: list[tuple[str, str]]):
         self.files = files
-        shown = "\n  ".join(f"{p}: {why}" for p, why in files[:20])
-        more = f"\n  ... and {len(files) - 20} more" if len(files) > 20 else ""
-        super().__init__(f"{len(files)} image file(s) could not be read:\n  {shown}{more}\n"
-                         "Fix or remove them, or pass skip_corrupt=True to leave them out (they are then listed in "
-                         "dataset.skipped).")
+        shown = "; ".join(f"{p} ({why})" for p, why in files[:20])
+        more = f"; ... and {len(files) - 20} more" if len(files) > 20 else ""
+        super().__init__(f"{len(files)} image file(s) could not be read: {shown}{more}",
+                         "fix or remove them, or pass skip_corrupt=True to leave them out (data.options.skip_corrupt="
+                         "true on the command line; the skipped files are then listed in dataset.skipped and in the "
+                         "run's status.json)")
 
 
 def _visible(path: Path) -> bool:
@@ -98,7 +99,8 @@ def load_folder(split: str = "train", *, root: str | Path | None = None, size: i
         class_names = []
         files = [(f, -1) for f in _images_under(root)]
     if not files:
-        raise ValueError(f"'folder': no image files under {root} (looked for {sorted(IMAGE_SUFFIXES)})")
+        raise DataError(f"'folder': no image files under {root} (looked for {sorted(IMAGE_SUFFIXES)})",
+                        "point root= at the folder that holds the images (or their class subfolders)")
     if test_fraction is not None:
         order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
         n_test = max(1, round(len(files) * test_fraction))
@@ -112,7 +114,8 @@ def load_folder(split: str = "train", *, root: str | Path | None = None, size: i
         raise CorruptImagesError(bad)
     good = [(arr, label) for arr, (_, label) in zip(decoded, files) if not isinstance(arr, str)]
     if not good:
-        raise ValueError(f"'folder': none of the {len(files)} image files under {root} could be read")
+        raise DataError(f"'folder': none of the {len(files)} image files under {root} could be read "
+                        f"(first: {bad[0][0]}: {bad[0][1]})", "check that the files are images PIL can open")
     images = torch.from_numpy(np.stack([arr for arr, _ in good])).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([label for _, label in good], dtype=torch.int64)
     return ImageDataset(images, labels, class_names, "folder", split, skipped=bad)

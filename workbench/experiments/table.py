@@ -8,7 +8,7 @@ from typing import Any, Iterable
 from ..runs import Run, list_runs
 from .records import read_parameters
 
-COLUMNS = ("run", "notebook", "method", "data", "backbone", "epochs", "status")
+COLUMNS = ("run", "notebook", "method", "data", "backbone", "epochs", "status", "step", "warnings")
 
 
 def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -16,8 +16,20 @@ def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _status(run: Run) -> dict[str, Any]:
+    """The run's status (``Run.status``: a dead writer's ``running`` reads ``interrupted``); an unreadable
+    status.json reads ``unreadable``."""
+    try:
+        return run.status
+    except ValueError as e:
+        return {"status": "unreadable", "error": str(e)}
+
+
 def run_facts(run: Run | str | os.PathLike) -> dict[str, Any]:
-    """run, notebook, method, data, backbone, epochs and status of a run, each read from one named place.
+    """run, notebook, method, data, backbone, epochs, status, step and warnings of a run, each read from one named
+    place. ``status`` is ``Run.status`` (created / running / completed / failed / interrupted; a run whose writer
+    died reads interrupted), ``step`` the last step its status recorded, ``warnings`` the kinds of health warning
+    the trainer raised (``constant_loss``, ``collapse``), comma-separated.
 
     method/data/backbone/epochs come from the PretrainConfig (config.json: ``method``, ``data.name``,
     ``model.backbone``, ``train.epochs``) of the run, or of its linked training run (``Run.training_run``) for a
@@ -26,7 +38,10 @@ def run_facts(run: Run | str | os.PathLike) -> dict[str, Any]:
     """
     run = run if isinstance(run, Run) else Run(run)
     record = read_parameters(run)
-    config = (run.training_run or run).config
+    try:
+        config = (run.training_run or run).config
+    except ValueError:  # a corrupt config.json: the row still shows, with the facts it cannot read left empty
+        config = {}
     if config:
         facts = {"method": config.get("method"), "data": _section(config, "data").get("name"),
                  "backbone": _section(config, "model").get("backbone"),
@@ -34,12 +49,22 @@ def run_facts(run: Run | str | os.PathLike) -> dict[str, Any]:
     else:
         params = record.get("parameters", {})
         facts = {k: params.get(k) for k in ("method", "data", "backbone", "epochs")}
-    return {"run": run.path.name, "notebook": record.get("notebook"), **facts, "status": run.status.get("status")}
+    status = _status(run)
+    health = ",".join(sorted(status.get("warnings") or {})) if isinstance(status.get("warnings"), dict) else ""
+    return {"run": run.path.name, "notebook": record.get("notebook"), **facts, "status": status.get("status"),
+            "step": status.get("step"), "warnings": health or None}
 
 
 def numeric_summary(run: Run) -> dict[str, float]:
     """Numeric entries of a run's summary.json (booleans and nested values left out)."""
     return {k: v for k, v in run.summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _summary(run: Run) -> dict[str, float]:
+    try:
+        return numeric_summary(run)
+    except ValueError:  # a corrupt summary.json: no metrics for this row
+        return {}
 
 
 def runs_table(runs: str | os.PathLike | Iterable[Run | str | os.PathLike] = "runs", sort_by: str | None = None,
@@ -57,10 +82,14 @@ def runs_table(runs: str | os.PathLike | Iterable[Run | str | os.PathLike] = "ru
     skip = {Path(r).resolve() for r in exclude}
     found = [r for r in found if r.path.resolve() not in skip
              and (not notebook or read_parameters(r).get("notebook") == notebook)]
-    rows = [{**run_facts(r), **numeric_summary(r), "path": str(r.path)} for r in found]
+    rows = []
+    for r in found:
+        facts = run_facts(r)
+        rows.append({**facts, **{k: v for k, v in _summary(r).items() if k not in facts}, "path": str(r.path)})
     table = pd.DataFrame(rows)
     if table.empty:
         return pd.DataFrame(columns=[*COLUMNS, "path"])
+    table["step"] = table["step"].astype("Int64")  # whole steps, <NA> where a run recorded none
     metric_cols = [c for c in table.columns if c not in (*COLUMNS, "path")]
     table = table[[*COLUMNS, *sorted(metric_cols), "path"]]
     if sort_by is not None:

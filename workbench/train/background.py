@@ -13,10 +13,10 @@ from workbench.train.engine import Trainer
 class PretrainHandle:
     """A pretraining run in a background thread: ``.run`` (the Run, available at once), ``done()``,
     ``wait() -> Run`` (re-raises the run's exception), ``stop()`` (finish after the current step with a
-    checkpoint; status completed with ``stopped_early``)."""
+    checkpoint; status completed with ``stopped_early``). The trainer must be prepared (``Trainer.prepare``)."""
 
     def __init__(self, trainer: Trainer):
-        self._trainer = trainer
+        self._trainer = trainer.prepare()
         self.run: Run = trainer.run_record
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._target, name=f"pretrain-{self.run.path.name}", daemon=True)
@@ -48,5 +48,8 @@ class PretrainHandle:
 
 def start_pretrain(config: PretrainConfig | dict | None = None, callbacks: Iterable[Any] = (),
                    resume: str | os.PathLike | Run | None = None) -> PretrainHandle:
-    """Start ``pretrain`` in a background thread (the config is validated and the run folder created first)."""
+    """Start ``pretrain`` in a background thread. The config is validated, the data loaded, the model built and
+    the run folder created (or, resuming, locked and its checkpoint loaded) in the calling thread first, so bad
+    input raises here and leaves nothing behind; training then runs in the thread (no signal handlers there:
+    ``stop()`` ends it)."""
     return PretrainHandle(Trainer(config, callbacks, resume))

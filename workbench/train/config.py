@@ -112,6 +112,9 @@ class TrainConfig:
 
     precision "auto": bf16 autocast on CUDA, fp32 on CPU. channels_last "auto": on for CNNs on CUDA.
     ``max_steps`` stops early (the schedule still spans ``epochs``), e.g. to resume later.
+    Checkpoints: ``checkpoints/last.pt`` every ``checkpoint_every`` epochs, every ``checkpoint_steps`` steps (None:
+    epoch ends only) and at the end; ``keep_checkpoints`` K > 0 also keeps the newest K of them as
+    ``epoch-NNNN.pt`` / ``step-NNNNNNNN.pt`` (0: last.pt only).
     ``knn_every`` epochs a weighted kNN (k=``knn_k``, T=0.07) of backbone features on the test split against
     at most ``knn_max_train`` training images (and ``knn_max_test`` test images); 0 disables it.
     """
@@ -136,6 +139,8 @@ class TrainConfig:
     knn_max_train: int = 5000
     knn_max_test: int = 10000
     checkpoint_every: int = 1
+    checkpoint_steps: int | None = None
+    keep_checkpoints: int = 0
     max_steps: int | None = None
     deterministic: bool = False
     progress: str = "auto"
@@ -174,6 +179,14 @@ class TrainConfig:
         check_choice(o, "precision", self.precision, PRECISIONS)
         check_choice(o, "channels_last", self.channels_last, CHANNELS_LAST)
         check_choice(o, "progress", self.progress, PROGRESS)
+        if self.checkpoint_steps is not None and (not isinstance(self.checkpoint_steps, int)
+                                                  or isinstance(self.checkpoint_steps, bool) or self.checkpoint_steps < 1):
+            raise ConfigError(f"{o}.checkpoint_steps={self.checkpoint_steps!r} must be an integer >= 1 (or None: "
+                              "checkpoint at epoch ends only)")
+        if (not isinstance(self.keep_checkpoints, int) or isinstance(self.keep_checkpoints, bool)
+                or self.keep_checkpoints < 0):
+            raise ConfigError(f"{o}.keep_checkpoints={self.keep_checkpoints!r} must be an integer >= 0 (0: keep "
+                              "only checkpoints/last.pt)")
         if self.max_steps is not None:
             if not isinstance(self.max_steps, int) or isinstance(self.max_steps, bool) or self.max_steps < 1:
                 raise ConfigError(f"{o}.max_steps={self.max_steps!r} must be an integer >= 1 (or None: run all epochs)")

@@ -4,14 +4,23 @@ Per step: index a batch of the uint8 training images that live on the device, dr
 (``workbench.augment.generate_views``, one seeded generator), ``method.training_step`` under autocast,
 backward, clip, optimizer and per-step schedule, ``method.update_teacher``. Monitors go to metrics.jsonl
 (``Run.log_metrics``) every ``log_every`` steps (loss, lr, RankMe, std of normalised features, speed) and each
-epoch (weighted kNN accuracy on the test split). Setup lives in ``setup.py``, checkpoint I/O in
-``checkpoint.py``; resuming continues exactly where the stopped run was (the batch order and the views of step
-s depend only on the seed, the rank and s).
+epoch (the mean loss over the epoch's steps, weighted kNN accuracy on the test split). Setup lives in
+``setup.py``, checkpoint I/O in ``checkpoint.py``; resuming continues exactly where the stopped run was (the batch
+order and the views of step s depend only on the seed, the rank and s; the epoch's running loss sums travel in
+the checkpoint), so a resumed run logs what an uninterrupted one would.
+
+Reliability (README, "What happens when things go wrong"): the data is loaded and the model built before the
+run folder is made, so bad input leaves nothing behind; the trainer holds the run's writer lock for its life;
+the status records pid, host and a heartbeat; SIGTERM/SIGINT finish the step, checkpoint, mark the run
+``interrupted`` and raise :class:`TrainingInterrupted`; a constant loss or collapsed embeddings are warned about
+in the log and the status.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -25,11 +34,17 @@ import torch.distributed as dist
 
 from workbench.config import ConfigError, from_dict, to_dict
 from workbench.device import resolve_device
-from workbench.runs import Run
-from workbench.train.checkpoint import finite_state, restore_checkpoint, save_checkpoint
+from workbench.runs import Run, RunLock
+from workbench.train.checkpoint import (ResumeState, apply_rng, finite_state, load_resume_state, numbered_name,
+                                        save_checkpoint, trim_metrics)
 from workbench.train.config import PretrainConfig, augment_config
 from workbench.train.setup import (build_training, describe, init_distributed, mix_seed, prepare_data,
                                    resume_config)
+
+
+HEARTBEAT_S = 10.0            # the running status (step, heartbeat time) is rewritten at most this often
+COLLAPSE_STD_RATIO = 0.01     # embeddings count as collapsed when std * sqrt(dim) falls below this (spread: ~1)
+CONSTANT_LOSS_RTOL = 1e-6     # an epoch's loss "has not moved" when max - min <= this * max(1, |mean|)
 
 
 class TrainingDiverged(RuntimeError):
@@ -38,6 +53,19 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, message: str, step: int):
         super().__init__(message)
         self.step = step
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM or SIGINT stopped the run: the step in flight finished, a checkpoint was written at ``step`` and the
+    run is marked ``interrupted``; ``pretrain(resume=run)`` / ``workbench pretrain --resume RUN`` continues it.
+    ``exit_code`` is what the CLI exits with: 128 + the signal number (143 for SIGTERM, 130 for SIGINT)."""
+
+    def __init__(self, run: Run | None, signum: int, step: int):
+        self.run, self.signum, self.step = run, signum, step
+        self.signal_name = signal.Signals(signum).name
+        self.exit_code = 128 + signum
+        super().__init__(f"{self.signal_name} received: stopped after step {step} with a checkpoint; resume with "
+                         f"`workbench pretrain --resume {run.path if run is not None else 'RUN_DIR'}`")
 
 
 @runtime_checkable
@@ -64,7 +92,9 @@ def _progress_enabled(mode: str) -> bool:
 
 
 class Trainer:
-    """One pretraining run (new or resumed). ``run()`` trains and returns the Run; ``stop()`` asks it to end."""
+    """One pretraining run (new or resumed). ``prepare()`` loads the data, builds the model and only then makes
+    (or, resuming, locks and checks) the run folder; ``run()`` prepares if needed, trains and returns the Run;
+    ``stop()`` asks it to end."""
 
     def __init__(self, config: PretrainConfig | dict | None = None, callbacks: Iterable[Any] = (),
                  resume: str | os.PathLike | Run | None = None):
@@ -81,21 +111,42 @@ class Trainer:
         self.rank, self.world, self.local_rank = init_distributed(self.config.train.device)
         self.is_main = self.rank == 0
         self.step = None
-        if self.resume_run is not None:
-            self.run_record = self.resume_run
-        elif self.is_main:
-            c = self.config
-            try:
-                self.run_record = Run.create(c.out, c.method, c.data.name, to_dict(c), name=c.name)
-            except FileExistsError:
-                raise ConfigError(f"PretrainConfig.name={c.name!r}: {Path(c.out) / str(c.name)} already exists; "
-                                  "choose another name, leave name=None, or resume it (resume=RUN_DIR)") from None
-        else:
-            self.run_record = None  # only rank 0 writes the run
+        c = self.config
+        if self.is_main and self.resume_run is None and c.name is not None and (Path(c.out) / c.name).exists():
+            raise ConfigError(f"PretrainConfig.name={c.name!r}: {Path(c.out) / c.name} already exists; "
+                              "choose another name, leave name=None, or resume it (resume=RUN_DIR)")
+        # a new run's folder is made by prepare(), after the data loaded and the model was built; only rank 0 writes
+        self.run_record: Run | None = self.resume_run if self.is_main else None
+        self._lock: RunLock | None = None
+        self._prepared = self._started = False
+        self._signal: int | None = None
+        self._resume: ResumeState | None = None
+        self._status: dict[str, Any] = {}       # details every status write of this run carries
+        self._warnings: dict[str, str] = {}     # health warnings by kind (constant_loss, collapse)
+        self._beat = 0.0
 
     def stop(self) -> None:
         """Ask the loop to finish after the current step (it saves a checkpoint and marks the run completed)."""
         self._stop.set()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """SIGTERM/SIGINT: finish the step, checkpoint, mark the run interrupted; a second signal stops at once."""
+        if self._signal is not None:
+            raise KeyboardInterrupt
+        self._signal = signum
+        self._stop.set()
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """Route SIGTERM and SIGINT to :meth:`_on_signal` (main thread only); returns the handlers to restore."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                previous[sig] = signal.signal(sig, self._on_signal)
+            except (ValueError, OSError):  # not settable here (e.g. an embedded interpreter)
+                continue
+        return previous
 
     def _call(self, hook: str, *args: Any) -> None:
         if not self.is_main:
@@ -111,30 +162,76 @@ class Trainer:
                               "it is removed from this run", RuntimeWarning, stacklevel=2)
                 self.callbacks.remove(cb)
 
+    def prepare(self) -> "Trainer":
+        """Load the data and build the model; then (rank 0) make the new run's folder and take its writer lock, or,
+        resuming, take the lock first and load the last checkpoint. Nothing is written until all of that worked,
+        so bad input leaves no folder behind and a resume that cannot start leaves the run as it was."""
+        if self._prepared:
+            return self
+        try:
+            if self.resume_run is not None and self.is_main:  # a live writer: RunLockedError, nothing touched
+                self._lock = self.resume_run.acquire_writer(announce=False)
+            self._setup()
+            p = self.parts
+            if self.resume_run is not None:
+                self._resume = load_resume_state(self.resume_run, method=p.method, optimizer=p.optimizer,
+                                                 scheduler=p.scheduler, device=self.device)
+            elif self.is_main:
+                c = self.config
+                try:
+                    self.run_record = Run.create(c.out, c.method, c.data.name, to_dict(c), name=c.name)
+                except FileExistsError:
+                    raise ConfigError(f"PretrainConfig.name={c.name!r}: {Path(c.out) / str(c.name)} already exists; "
+                                      "choose another name, leave name=None, or resume it (resume=RUN_DIR)") from None
+                self._lock = self.run_record.acquire_writer()
+        except BaseException:
+            self._release()
+            raise
+        cuda = self.device.type == "cuda" and torch.cuda.is_available()
+        self._rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else None}
+        self._prepared = True
+        return self
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
     def run(self) -> Run:
-        """Train to the end (or max_steps / stop()); returns the Run. Failures are recorded, then re-raised."""
+        """Train to the end (or max_steps / stop()); returns the Run. Failures are recorded, then re-raised;
+        SIGTERM/SIGINT (main thread) end it with a checkpoint, status ``interrupted`` and TrainingInterrupted."""
         prev_det = torch.are_deterministic_algorithms_enabled()
+        handlers = self._install_signal_handlers()
         try:
             if self.config.train.deterministic:
                 torch.use_deterministic_algorithms(True, warn_only=True)
+            self.prepare()
             return self._run()
         except BaseException as e:
-            if self.is_main and self.run_record is not None:
-                tb = traceback.format_exception(type(e), e, e.__traceback__)
-                details = {"error": f"{type(e).__name__}: {e}", "traceback": "".join(tb[-6:])}
-                if isinstance(e, TrainingDiverged):
-                    details["step"] = e.step
-                elif self.step is not None:
-                    details["step"] = self.step
-                if isinstance(e, KeyboardInterrupt):
-                    details["error"] = "interrupted (KeyboardInterrupt)"
-                details["checkpoint"] = "last" if self.run_record.checkpoint_path("last").exists() else None
-                self.run_record.set_status("failed", **details)
-                self._call("on_end", self.run_record.status)
+            if self.is_main and self._started and not isinstance(e, TrainingInterrupted):
+                self._record_end(e)
             raise
         finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
             if self.config.train.deterministic:
                 torch.use_deterministic_algorithms(prev_det)
+            self._release()
+
+    def _record_end(self, e: BaseException) -> None:
+        """status.json for a run that ended with an exception: failed, or interrupted (KeyboardInterrupt)."""
+        tb = traceback.format_exception(type(e), e, e.__traceback__)
+        details = {**self._status, "error": f"{type(e).__name__}: {e}", "traceback": "".join(tb[-6:])}
+        if isinstance(e, TrainingDiverged):
+            details["step"] = e.step
+        elif self.step is not None:
+            details["step"] = self.step
+        interrupted = isinstance(e, KeyboardInterrupt)
+        if interrupted:
+            details["error"] = "interrupted (KeyboardInterrupt)"
+        details["checkpoint"] = "last" if self.run_record.checkpoint_path("last").exists() else None
+        self.run_record.set_status("interrupted" if interrupted else "failed", **details)
+        self._call("on_end", self.run_record.status)
 
     # -- setup, checkpoints, the kNN monitor ---------------------------------------------------------------
     def _setup(self) -> None:
@@ -146,10 +243,7 @@ class Trainer:
         if t.deterministic and self.device.type == "cuda":
             torch.backends.cudnn.benchmark = False
         torch.manual_seed(t.seed)
-        had_stats = c.data.mean is not None and c.data.std is not None
         self.data = prepare_data(c, self.device, with_monitor=self.is_main and t.knn_every > 0)
-        if not had_stats and self.is_main and self.resume_run is None:
-            self.run_record.write_config(to_dict(c))  # the statistics computed from the images, recorded
         self.parts = build_training(c, self.data, self.device, self.world, self.is_main)
         self.info = describe(c, self.data, self.parts, self.device, self.world)
         self.mean, self.std = tuple(self.info["mean"]), tuple(self.info["std"])
@@ -157,7 +251,7 @@ class Trainer:
         self.generator = torch.Generator(device=self.device)
         self.step, self.start_step, self._saved_step = 0, 0, -1
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, numbered: str | None = None) -> None:
         if not self.is_main:
             return
         if not finite_state(self.parts.method):
@@ -166,8 +260,77 @@ class Trainer:
         p = self.parts
         save_checkpoint(self.run_record, method=p.method, optimizer=p.optimizer, scheduler=p.scheduler,
                         step=self.step, steps_per_epoch=p.steps_per_epoch, generator=self.generator,
-                        device=self.device, config=self.config, info=self.info)
+                        device=self.device, config=self.config, info=self.info, loop=self._loop_state(),
+                        numbered=numbered, keep=self.config.train.keep_checkpoints)
         self._saved_step = self.step
+        self._status["checkpoint_step"] = self.step
+        self._heartbeat(force=True)
+
+    # -- the status, the epoch's running loss, health warnings ---------------------------------------------
+    def _heartbeat(self, force: bool = False) -> None:
+        """Rewrite the running status (step, pid, host, heartbeat time) at most every HEARTBEAT_S seconds."""
+        now = time.monotonic()
+        if not self.is_main or not self._started or (not force and now - self._beat < HEARTBEAT_S):
+            return
+        self._beat = now
+        self.run_record.set_status("running", step=self.step, **self._status)
+
+    def _reset_epoch(self, loop: dict[str, Any] | None = None) -> None:
+        """Zero the epoch's running loss sum/min/max/count (kept on the device: no host sync per step), or set them
+        from a checkpoint's ``loop`` record."""
+        loop = loop or {}
+        dev = self.device
+
+        def value(key: str, default: float) -> torch.Tensor:
+            v = loop.get(key)
+            return (v.to(dev) if isinstance(v, torch.Tensor) else torch.tensor(default, device=dev)).float()
+
+        self._loss_sum = value("epoch_loss_sum", 0.0)
+        self._loss_min, self._loss_max = value("epoch_loss_min", math.inf), value("epoch_loss_max", -math.inf)
+        self._loss_n = int(loop.get("epoch_loss_count", 0))
+        self._epoch_std = loop.get("epoch_std")
+
+    def _loop_state(self) -> dict[str, Any]:
+        return {"epoch_loss_sum": self._loss_sum.detach().cpu(), "epoch_loss_min": self._loss_min.detach().cpu(),
+                "epoch_loss_max": self._loss_max.detach().cpu(), "epoch_loss_count": self._loss_n,
+                "epoch_std": self._epoch_std, "last_epoch_loss": self._last_epoch_loss,
+                "warnings": dict(self._warnings)}
+
+    def _epoch_loss(self) -> tuple[float, float, float]:
+        """(mean, min, max) of the loss over the epoch's steps so far (one host sync)."""
+        if self._loss_n == 0:
+            return math.nan, math.nan, math.nan
+        total, lo, hi = torch.stack([self._loss_sum, self._loss_min, self._loss_max]).tolist()
+        return total / self._loss_n, lo, hi
+
+    def _health(self, epoch: int, mean: float, lo: float, hi: float) -> list[str]:
+        """Warnings for a run that is not learning: a loss that did not move over the epoch, collapsed embeddings.
+        Each goes to the epoch record, the status (``warnings``) and, the first time, Python's warnings."""
+        found = []
+        if self._loss_n >= 2 and math.isfinite(mean) and hi - lo <= CONSTANT_LOSS_RTOL * max(1.0, abs(mean)):
+            found.append(("constant_loss", f"the loss has not moved for a whole epoch (epoch {epoch}: {mean:.6g} at "
+                                           f"every one of its {self._loss_n} steps); the run is not learning: check "
+                                           "the learning rate and optimizer (train.lr, train.optimizer)"))
+        if self._epoch_std is not None and self._epoch_std < COLLAPSE_STD_RATIO:
+            found.append(("collapse", f"the embeddings collapsed in epoch {epoch} (std of the normalised features "
+                                      f"x sqrt(dim) = {self._epoch_std:.3g}; about 1 when spread): every image maps "
+                                      "to nearly the same point; check the learning rate and the method's options"))
+        for kind, message in found:
+            if kind not in self._warnings:
+                warnings.warn(f"run {self.run_record.path}: {message}", RuntimeWarning, stacklevel=2)
+            self._warnings[kind] = message
+        if found:
+            self._status["warnings"] = dict(self._warnings)
+        return [m for _, m in found]
+
+    def _stop_flag(self) -> bool:
+        """stop() or a signal on any rank (all-reduced under DDP, so every rank stops at the same step)."""
+        stop = self._stop.is_set()
+        if self.world > 1:
+            flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item() > 0)
+        return stop
 
     def _knn(self) -> float | None:
         d = self.data
@@ -206,6 +369,8 @@ class Trainer:
                   "grad_norm": float(grad_norm) if grad_norm is not None else None}
         for k, v in (logs or {}).items():
             record.setdefault(k, float(v) if isinstance(v, (int, float, torch.Tensor)) else v)
+        if record["std"] is not None and feats.dim() == 2:  # the collapse monitor: ~1 when spread, 0 collapsed
+            self._epoch_std = float(record["std"]) * math.sqrt(feats.shape[1])
         self.run_record.log_metrics(record)
         self._call("on_step", record)
         return record["loss"]
@@ -215,17 +380,38 @@ class Trainer:
         from workbench.augment import generate_views
         from workbench.methods.base import Progress
 
-        self._setup()
         c, t, p = self.config, self.config.train, self.parts
-        if self.resume_run is not None:
-            self.step = self.start_step = self._saved_step = restore_checkpoint(
-                self.resume_run, method=p.method, optimizer=p.optimizer, scheduler=p.scheduler, device=self.device,
-                trim_metrics=self.is_main)
+        resume = self._resume
+        loop = resume.loop if resume is not None else {}
+        apply_rng(resume.rng if resume is not None and resume.checkpoint is not None else self._rng)
+        if resume is not None:
+            self.step = self.start_step = resume.step
+            self._saved_step = resume.step if resume.checkpoint is not None else -1
+        self._reset_epoch(loop)
+        self._last_epoch_loss = loop.get("last_epoch_loss", math.nan)
+        self._warnings = dict(loop.get("warnings") or {})
         run, spe = self.run_record, p.steps_per_epoch
         t0 = time.perf_counter()
         if self.is_main:
-            run.set_status("running", step=self.step, total_steps=p.total_steps, world_size=self.world,
-                           device=str(self.device), **({"resumed_from_step": self.step} if self.resume_run else {}))
+            self._status = {"total_steps": p.total_steps, "world_size": self.world, "device": str(self.device)}
+            if resume is not None:  # the checkpoint was good: now the folder may change
+                self._lock.announce()
+                run.remove_orphans()  # temporary files of writes a kill interrupted
+                trim_metrics(run, self.step)
+                self._status["resumed_from_step"] = self.step
+                if resume.checkpoint is None:
+                    self._status["restarted"] = "no checkpoint was written before it stopped: restarted from step 0"
+            if self._warnings:
+                self._status["warnings"] = dict(self._warnings)
+            skipped = {split: [list(f) for f in files] for split, files in self.data.skipped.items() if files}
+            if skipped:
+                count = len({f[0] for files in skipped.values() for f in files})  # distinct files
+                self._status.update(skipped_files=skipped, skipped_count=count)
+                warnings.warn(f"data {c.data.name!r}: {count} unreadable image file(s) skipped (skip_corrupt); they "
+                              f"are listed in {run.path / 'status.json'} under skipped_files", UserWarning,
+                              stacklevel=2)
+            self._started = True
+            self._heartbeat(force=True)
             self._call("on_start", dict(self.info))
         p.method.train()
         b_local = t.batch_size // self.world
@@ -238,11 +424,14 @@ class Trainer:
 
             bar = tqdm(total=p.total_steps, initial=self.step, desc=f"{c.method}/{c.model.backbone}", unit="step",
                        dynamic_ncols=True)
-        last_loss, last_knn, stopped, stop_requested = float("nan"), None, None, False
+        last_loss, last_knn, stopped = float("nan"), None, None
         window = (time.perf_counter(), 0)
+        stop_requested = self._stop_flag()  # a signal during set-up: checkpoint where it stands and stop
         try:
-            while self.step < end_step:
+            while self.step < end_step and not stop_requested:
                 epoch = self.step // spe
+                if self.step % spe == 0:
+                    self._reset_epoch()
                 order = torch.Generator().manual_seed(mix_seed(t.seed, epoch))
                 perm = torch.randperm(self.data.num_train, generator=order).to(self.device)
                 for i in range(self.step - epoch * spe, spe):
@@ -259,9 +448,15 @@ class Trainer:
                     if not self._all_finite(loss):
                         raise TrainingDiverged(f"loss is {float(loss.detach().float())} at step {self.step} "
                                                f"(epoch {epoch}); the run stopped before the optimizer step", self.step)
+                    if self.is_main:  # the epoch's mean loss, summed on the device (no host sync per step)
+                        value = loss.detach().float()
+                        self._loss_sum = self._loss_sum + value
+                        self._loss_min = torch.minimum(self._loss_min, value)
+                        self._loss_max = torch.maximum(self._loss_max, value)
+                        self._loss_n += 1
                     p.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    log_now = self.is_main and ((self.step + 1) % t.log_every == 0 or self.step == self.start_step)
+                    log_now = self.is_main and ((self.step + 1) % t.log_every == 0 or self.step == 0)
                     grad_norm = None
                     if t.clip_grad is not None or log_now:
                         grad_norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad or float("inf"))
@@ -278,11 +473,10 @@ class Trainer:
                         if bar is not None:
                             bar.set_postfix(loss=f"{last_loss:.4f}", refresh=False)
                         window = (time.perf_counter(), 0)
-                    stop_requested = self._stop.is_set()
-                    if self.world > 1:
-                        flag = torch.tensor([1.0 if stop_requested else 0.0], device=self.device)
-                        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                        stop_requested = bool(flag.item() > 0)
+                    self._heartbeat()
+                    if t.checkpoint_steps and self.step % t.checkpoint_steps == 0 and self.step % spe:
+                        self._checkpoint(numbered_name("step", self.step))
+                    stop_requested = self._stop_flag()
                     if stop_requested or self.step >= end_step:
                         break
                 if self.step % spe == 0:
@@ -293,15 +487,21 @@ class Trainer:
                         knn = self._knn()
                         last_knn = knn if knn is not None else last_knn
                     if self.is_main:
-                        record = {"kind": "epoch", "epoch": done_epochs, "step": self.step, "loss": last_loss,
+                        mean, lo_loss, hi_loss = self._epoch_loss()
+                        self._last_epoch_loss = mean
+                        record = {"kind": "epoch", "epoch": done_epochs, "step": self.step, "loss": mean,
                                   "knn_acc": knn, "elapsed_s": time.perf_counter() - t0}
+                        found = self._health(done_epochs, mean, lo_loss, hi_loss)
+                        if found:
+                            record["warnings"] = found
                         run.log_metrics(record)
                         self._call("on_epoch", record)
-                    if done_epochs % t.checkpoint_every == 0 or is_last:
-                        self._checkpoint()
-                if stop_requested:
-                    stopped = "stopped"
-                    break
+                        self._heartbeat(force=True)
+                    due_step = bool(t.checkpoint_steps) and self.step % (t.checkpoint_steps or 1) == 0
+                    if done_epochs % t.checkpoint_every == 0 or is_last or due_step:
+                        self._checkpoint(numbered_name("epoch", done_epochs))
+            if stop_requested and self.step < end_step:
+                stopped = "signal" if self._signal is not None else "stopped"
             if self._saved_step != self.step:
                 self._checkpoint()  # the end state (max_steps or stop() mid-epoch): resume continues from here
             if stopped is None and self.step < p.total_steps:
@@ -315,12 +515,20 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        if self.is_main:
+        if self.is_main and stopped == "signal":  # preemption: be quick, the scheduler's kill follows
+            run.set_status("interrupted", **{**self._status, "step": self.step, "checkpoint": "last",
+                                             "signal": signal.Signals(self._signal).name})
+            self._call("on_end", run.status)
+        elif self.is_main:
             if last_knn is None and stopped and t.knn_every > 0:
                 last_knn = self._knn()
-            self._finish(last_loss, last_knn, stopped, time.perf_counter() - t0)
+            mean, _, _ = self._epoch_loss()  # the last (possibly partial) epoch's mean loss
+            self._finish(mean if self._loss_n else self._last_epoch_loss, last_knn, stopped,
+                         time.perf_counter() - t0)
         if self.world > 1:
             dist.barrier()
+        if self._signal is not None and stopped == "signal":
+            raise TrainingInterrupted(run, self._signal, self.step)
         return run if run is not None else Run(Path(c.out))
 
     def _finish(self, last_loss: float, last_knn: float | None, stopped: str | None, wall: float) -> None:
@@ -334,7 +542,7 @@ class Trainer:
                                                "device", "precision")},
                    "train": p.resolved.to_dict(), "total_steps": p.total_steps}
         run.update_summary({"pretrain": summary, "pretrain_knn_acc": last_knn})
-        details = {"step": self.step, "total_steps": p.total_steps, "checkpoint": "last"}
+        details = {**self._status, "step": self.step, "total_steps": p.total_steps, "checkpoint": "last"}
         if stopped == "stopped":
             details["stopped_early"] = True
         elif stopped == "max_steps":

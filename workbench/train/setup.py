@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -104,6 +104,7 @@ class TrainingData:
     knn_test_images: torch.Tensor | None = None
     knn_test_labels: torch.Tensor | None = None
     num_test: int = 0
+    skipped: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # split -> (file, reason) left out
 
     @property
     def num_train(self) -> int:
@@ -135,6 +136,8 @@ def prepare_data(config: PretrainConfig, device: torch.device, with_monitor: boo
         raise ConfigError(f"data.mean/std have {len(config.data.mean)}/{len(config.data.std)} values for "
                           f"{chans}-channel images; give one value per channel")
     data = TrainingData(train_ds.images.to(device), list(train_ds.class_names))
+    if train_ds.skipped:  # data.options.skip_corrupt: the files left out are recorded in the run
+        data.skipped["train"] = list(train_ds.skipped)
     if not with_monitor or bool((train_ds.labels < 0).all()):  # unlabeled data: nothing to score
         return data
     g = torch.Generator().manual_seed(mix_seed(t.seed, 17))
@@ -144,6 +147,8 @@ def prepare_data(config: PretrainConfig, device: torch.device, with_monitor: boo
     except (FileNotFoundError, ValueError) as e:  # no test split (e.g. an unlabeled folder): say why
         warnings.warn(f"kNN monitor off: the test split of {config.data.name!r} could not be loaded ({e})")
         return data
+    if test_ds.skipped:
+        data.skipped["test"] = list(test_ds.skipped)
     tidx = torch.arange(len(test_ds))
     if len(test_ds) > t.knn_max_test:
         tidx = torch.randperm(len(test_ds), generator=g)[:t.knn_max_test]

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from workbench.augment import channel_values
 from workbench.runs import Run
-from workbench.train.checkpoint import read_checkpoint
+from workbench.train.checkpoint import check_identity, read_checkpoint
 
 # Normalisation of a source that records none (a bare module): images scaled to [-1, 1].
 DEFAULT_MEAN, DEFAULT_STD = 0.5, 0.5
@@ -179,6 +179,8 @@ def _from_checkpoint(path: Path, checkpoint: str) -> Trained:
 
     file, run = _checkpoint_file(path, checkpoint)
     ckpt = read_checkpoint(file)
+    if run is not None:  # a checkpoint inside a run folder must be that run's (config.json, run id)
+        check_identity(ckpt, run, file)
     info = dict(ckpt["info"])
     backbone = build_backbone(info["backbone"], image_size=info["image_size"], in_chans=info["in_chans"],
                               **without_weights(info["backbone"], info.get("backbone_options", {})))
