@@ -114,6 +114,22 @@ def check_n(name: str, n: int | None) -> None:
         raise ValueError(f"{name!r}: n={n!r} must be a positive number of images (or None for all)")
 
 
+STREAM_ABOVE_BYTES = 2 * 1024 ** 3  # stream="auto" streams a split whose uint8 copy at the training size exceeds this
+
+
+def check_stream_options(name: str, stream: Any, decode: Any, workers: Any) -> None:
+    """Raise ValueError naming the option unless ``stream`` is "auto"/True/False, ``decode`` "cpu"/"cuda" and
+    ``workers`` an integer >= 0 (the options of a data set that pretraining can stream, ``workbench.data.stream``)."""
+    if not (stream == "auto" or isinstance(stream, bool)):
+        raise ValueError(f"{name!r}: stream={stream!r} is not allowed; use 'auto' (stream when the decoded split "
+                         f"exceeds {STREAM_ABOVE_BYTES // 2 ** 30} GiB), true or false")
+    if decode not in ("cpu", "cuda"):
+        raise ValueError(f"{name!r}: decode={decode!r} is not allowed; use 'cpu' (PIL in the DataLoader workers) or "
+                         "'cuda' (torchvision.io.decode_jpeg on the training GPU)")
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise ValueError(f"{name!r}: workers={workers!r} must be an integer >= 0 (0: decode in the main process)")
+
+
 def finish(ds: ImageDataset, n: int | None, size: int | None) -> ImageDataset:
     """Keep the first ``n`` images and resize to ``size`` (both optional): the common tail of every loader."""
     if n is not None and n < len(ds):
