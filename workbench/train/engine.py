@@ -1,7 +1,8 @@
 """The training loop: one loop for every method, on a CPU, one GPU or many (torchrun + DDP).
 
-Per step: index a batch of the uint8 training images that live on the device, draw the method's views there
-(``workbench.augment.generate_views``, one seeded generator), ``method.training_step`` under autocast,
+Per step: the batch's views from ``batches.py`` (in memory: index the uint8 images on the device and draw the views
+there; streamed: DataLoader workers decode and crop, the colour ops run on the device), ``method.training_step``
+under autocast,
 backward, clip, optimizer and per-step schedule, ``method.update_teacher``. Monitors go to metrics.jsonl
 (``Run.log_metrics``) every ``log_every`` steps (loss, lr, RankMe, std of normalised features, speed) and each
 epoch (the mean loss over the epoch's steps, weighted kNN accuracy on the test split). Setup lives in
@@ -38,8 +39,7 @@ from workbench.runs import Run, RunLock
 from workbench.train.checkpoint import (ResumeState, apply_rng, finite_state, load_resume_state, numbered_name,
                                         save_checkpoint, trim_metrics)
 from workbench.train.config import PretrainConfig, augment_config
-from workbench.train.setup import (build_training, describe, init_distributed, mix_seed, prepare_data,
-                                   resume_config)
+from workbench.train.setup import build_training, describe, init_distributed, prepare_data, resume_config
 
 
 HEARTBEAT_S = 10.0            # the running status (step, heartbeat time) is rewritten at most this often
@@ -377,8 +377,8 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------------------
     def _run(self) -> Run:
-        from workbench.augment import generate_views
         from workbench.methods.base import Progress
+        from workbench.train.batches import make_batches
 
         c, t, p = self.config, self.config.train, self.parts
         resume = self._resume
@@ -414,10 +414,10 @@ class Trainer:
             self._heartbeat(force=True)
             self._call("on_start", dict(self.info))
         p.method.train()
-        b_local = t.batch_size // self.world
-        lo, hi = self.rank * b_local, (self.rank + 1) * b_local
         params = [q for g in p.optimizer.param_groups for q in g["params"]]
         end_step = p.total_steps if t.max_steps is None else min(p.total_steps, t.max_steps)
+        batches = make_batches(self.data, self.aug, t.seed, self.rank, self.world, t.batch_size, spe, end_step,
+                               self.device)
         bar = None
         if self.is_main and _progress_enabled(t.progress):
             from tqdm.auto import tqdm
@@ -432,12 +432,7 @@ class Trainer:
                 epoch = self.step // spe
                 if self.step % spe == 0:
                     self._reset_epoch()
-                order = torch.Generator().manual_seed(mix_seed(t.seed, epoch))
-                perm = torch.randperm(self.data.num_train, generator=order).to(self.device)
-                for i in range(self.step - epoch * spe, spe):
-                    images = self.data.train_images[perm[i * t.batch_size:(i + 1) * t.batch_size][lo:hi]]
-                    self.generator.manual_seed(mix_seed(t.seed, self.rank, self.step, 1))
-                    vb = generate_views(images, self.aug, self.generator)
+                for images, vb in batches.epoch(epoch, self.step - epoch * spe, self.generator):
                     views = vb.views
                     if p.channels_last:
                         views = [v.contiguous(memory_format=torch.channels_last) for v in views]

@@ -94,10 +94,11 @@ def resume_config(run: Run, config: PretrainConfig | dict | None) -> PretrainCon
 
 @dataclass
 class TrainingData:
-    """The training images (uint8 [N, C, H, W], on the device) and the kNN monitor's fixed subsets (CPU;
+    """The training images (uint8 [N, C, H, W], on the device) or, streamed, their ``stream`` source
+    (``workbench.data.stream``; ``train_images`` is None then), and the kNN monitor's fixed subsets (CPU;
     None when the monitor is off or the data has no labelled test split)."""
 
-    train_images: torch.Tensor
+    train_images: torch.Tensor | None
     class_names: list[str]
     knn_train_images: torch.Tensor | None = None
     knn_train_labels: torch.Tensor | None = None
@@ -105,26 +106,31 @@ class TrainingData:
     knn_test_labels: torch.Tensor | None = None
     num_test: int = 0
     skipped: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # split -> (file, reason) left out
+    stream: Any = None
 
     @property
     def num_train(self) -> int:
-        return int(self.train_images.shape[0])
+        return len(self.stream) if self.stream is not None else int(self.train_images.shape[0])
 
     @property
     def image_size(self) -> int:
-        return int(self.train_images.shape[-1])
+        return self.stream.size if self.stream is not None else int(self.train_images.shape[-1])
 
     @property
     def in_chans(self) -> int:
-        return int(self.train_images.shape[1])
+        return self.stream.channels if self.stream is not None else int(self.train_images.shape[1])
 
 
 def prepare_data(config: PretrainConfig, device: torch.device, with_monitor: bool) -> TrainingData:
     """Load the training split to ``device`` once and (``with_monitor``: rank 0 with ``knn_every``) fixed kNN
     subsets of the train and test splits; fills ``config.data.mean/std`` from the images when unset."""
     from workbench.data import channel_stats
+    from workbench.data.stream import open_stream
 
     t = config.train
+    source = open_stream(config.data.name, "train", **config.data.loader_kwargs())
+    if source is not None:
+        return prepare_stream(config, source, with_monitor)
     train_ds = load_data(config, "train")
     if len(train_ds) < t.batch_size:
         raise ConfigError(f"train.batch_size={t.batch_size} is larger than the training set ({len(train_ds)} "
@@ -155,6 +161,58 @@ def prepare_data(config: PretrainConfig, device: torch.device, with_monitor: boo
     data.knn_train_images, data.knn_train_labels = train_ds.images[idx], train_ds.labels[idx]
     data.knn_test_images, data.knn_test_labels = test_ds.images[tidx], test_ds.labels[tidx]
     data.num_test = len(test_ds)
+    return data
+
+
+STATS_SAMPLE = 2000  # images a streamed split's mean/std are computed from
+
+
+def prepare_stream(config: PretrainConfig, source: Any, with_monitor: bool) -> TrainingData:
+    """``prepare_data`` for a streamed train split (``source``, a ``workbench.data.stream.StreamSource``): nothing is
+    decoded but a seeded sample of the split (the first images of shards, read in order) for mean/std when unset
+    (``STATS_SAMPLE`` images) and the kNN monitor's subsets (``knn_max_train``/``knn_max_test`` images, the test
+    split opened as a source too), decoded as the in-memory loader would (centre square at ``size``)."""
+    import dataclasses
+
+    from workbench.data import channel_stats
+    from workbench.data.stream import open_source
+
+    t, c = config.train, config.data
+    n = len(source)
+    if n < t.batch_size:
+        raise ConfigError(f"train.batch_size={t.batch_size} is larger than the training set ({n} images of "
+                          f"{c.name!r}); lower the batch size or add data")
+    g = torch.Generator().manual_seed(mix_seed(t.seed, 17))
+
+    def pick(src: Any, k: int) -> torch.Tensor:  # a seeded subset, or the first k where reading is in order
+        return torch.randperm(len(src), generator=g)[:k] if src.random_access else torch.arange(min(len(src), k))
+
+    need_stats = c.mean is None or c.std is None
+    want = max(t.knn_max_train if with_monitor else 0, STATS_SAMPLE if need_stats else 0)
+    # unreadable files in the sample are left out here; the epoch that reads them reports them by the policy
+    sample = dataclasses.replace(source, skip_corrupt=True).subset(pick(source, want)) if want else None
+    if need_stats:
+        c.mean, c.std = channel_stats(sample.images[:STATS_SAMPLE])
+    if len(c.mean) not in (1, source.channels) or len(c.std) not in (1, source.channels):
+        raise ConfigError(f"data.mean/std have {len(c.mean)}/{len(c.std)} values for {source.channels}-channel "
+                          "images; give one value per channel")
+    data = TrainingData(None, list(source.class_names), stream=source)
+    if sample is not None and sample.skipped and source.skip_corrupt:
+        data.skipped["train"] = list(sample.skipped)
+    if not with_monitor or bool((sample.labels < 0).all()):  # unlabeled data: nothing to score
+        return data
+    try:
+        test = open_source(c.name, "test", **c.loader_kwargs())
+        test_ds = test.subset(pick(test, t.knn_max_test))
+    except (FileNotFoundError, ValueError) as e:  # no test split (e.g. an unlabeled folder): say why
+        warnings.warn(f"kNN monitor off: the test split of {c.name!r} could not be loaded ({e})")
+        return data
+    if test_ds.skipped:
+        data.skipped["test"] = list(test_ds.skipped)
+    k = min(len(sample), t.knn_max_train)
+    data.knn_train_images, data.knn_train_labels = sample.images[:k], sample.labels[:k]
+    data.knn_test_images, data.knn_test_labels = test_ds.images, test_ds.labels
+    data.num_test = len(test)
     return data
 
 
