@@ -278,3 +278,100 @@ def test_default_runs_dir(monkeypatch, tmp_path):
     assert default_runs_dir() == tmp_path
     monkeypatch.delenv("WORKBENCH_RUNS_DIR")
     assert default_runs_dir() == Path(__file__).resolve().parents[2] / "runs"  # the checkout's runs/
+
+
+def test_headline_table_puts_the_baselines_beside_the_model_and_describe_run_prints_it(tmp_path):
+    from workbench.experiments.runner import describe_run, headline_table
+
+    summary = {"knn_acc": 0.4123, "knn_acc_random_init": 0.284, "knn_acc_raw_pixels": 0.41,
+               "rankme": 13.57, "rankme_raw_pixels": 842.14, "other": 3}
+    assert headline_table(summary).splitlines() == [
+        "                         pretrained  random init  raw pixels",
+        "kNN accuracy                  0.412        0.284       0.410",
+        "RankMe (effective rank)        13.6            -       842.1"]
+    assert headline_table({"other": 1}) == ""
+    run = Run.create(tmp_path, "byol", "shapes")
+    run.update_summary(summary)
+    run.set_status("completed", seconds=135.2)
+    text = describe_run(run)
+    lines = text.splitlines()
+    assert lines[1] == "status:            completed (2 min 15 s)"
+    assert lines[-3:] == headline_table(summary).splitlines()  # after the paths
+    assert 'other results:     {"other": 3}' in text and "knn_acc" not in text  # the table is not repeated
+
+
+def test_notebook_progress_reports_cells_and_epochs_from_the_run_folder(tmp_path):
+    from workbench.experiments.runner import NotebookProgress
+
+    run = Run.create(tmp_path, "byol", "shapes")
+    lines: list[str] = []
+    progress = NotebookProgress(run, lines.append)
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# Title\ntext"), nbformat.v4.new_code_cell("epochs = 2"),
+        nbformat.v4.new_code_cell("epochs = 1", metadata={"tags": ["injected-parameters"]}),
+        nbformat.v4.new_markdown_cell("intro\n## 1. Pretrain"), nbformat.v4.new_code_cell("# a comment\ntrained = go()"),
+        nbformat.v4.new_code_cell("x = 1")])
+    for i in (1, 2, 4):  # papermill has started these cells
+        nb.cells[i].metadata["papermill"] = {"start_time": "2026-01-01T00:00:00"}
+    nbformat.write(nb, str(run.path / "notebook.ipynb"))
+    train = Run.create(run.path / "train", "byol", "shapes", {"train": {"epochs": 2}})
+    train.log_metrics({"kind": "step", "step": 1, "loss": 3.0})
+    train.log_metrics({"kind": "epoch", "epoch": 1, "step": 10, "loss": 2.5, "knn_acc": 0.3125})
+    with open(train.path / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "epoch", "epoch": 2, "lo')  # a line caught mid-write waits for the next poll
+    progress.poll()
+    text = [line.split("] ", 1)[1] for line in lines]
+    assert text == [f"{train.path.name}: epoch 1/2  loss 2.5000  kNN 0.312",
+                    "cell 1/3 · Title · epochs = 2", "cell 2/3 · 1. Pretrain · trained = go()"]
+    with open(train.path / "metrics.jsonl", "a") as f:
+        f.write('ss": 2.0}\n')
+    progress.poll()
+    assert lines[-1].endswith(f"{train.path.name}: epoch 2/2  loss 2.0000") and len(lines) == 4
+    progress.poll()
+    assert len(lines) == 4  # nothing is reported twice
+
+
+def _training_notebook(tmp_path: Path) -> Path:
+    """A notebook that trains a tiny run into its run folder, shows a widget and records a metric."""
+    cells = [
+        nbformat.v4.new_markdown_cell("# Tiny training"),
+        nbformat.v4.new_code_cell("epochs = 2", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_markdown_cell("## Pretrain"),
+        nbformat.v4.new_code_cell(
+            "import widgets\nfrom workbench.data import load\n"
+            "from workbench.experiments import adopt_training_run, current_run, record_metrics\n"
+            "from workbench.train import DataConfig, ModelConfig, PretrainConfig, TrainConfig, pretrain\n"
+            "run = current_run()\n"
+            "trained = pretrain(PretrainConfig(method='simclr', data=DataConfig(name='shapes', image_size=16, "
+            "options={'n': 64}), model=ModelConfig(backbone='small_cnn', options={'width': 4}), "
+            "train=TrainConfig(epochs=epochs, batch_size=32, knn_max_train=32, knn_max_test=16, device='cpu'), "
+            "out=str(run.path / 'train')))\nadopt_training_run(trained, run)"),
+        nbformat.v4.new_markdown_cell("## Look"),
+        nbformat.v4.new_code_cell("widgets.AugmentationExplorer(load('shapes', split='test', size=16, n=4), n_images=2)"),
+        nbformat.v4.new_code_cell("record_metrics({'knn_acc': trained.summary['pretrain_knn_acc']})"),
+    ]
+    nb = nbformat.v4.new_notebook(cells=cells, metadata=nbformat.read(str(TINY), as_version=4).metadata)
+    path = tmp_path / "train_tiny.ipynb"
+    nbformat.write(nb, str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_cli_run_prints_progress_and_the_headline_table_and_stores_pictures_not_widget_state(tmp_path, capsys):
+    nb = _training_notebook(tmp_path)
+    assert cli_main(["run", str(nb), "--dir", str(tmp_path / "runs")]) == 0
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    (run,) = list_runs(tmp_path / "runs")
+    train = run.training_run
+    assert any("cell 2/4 · Pretrain · import widgets" in line for line in err), err  # the cell as it started
+    for epoch in (1, 2):  # each epoch the kernel's training logged, with its loss and kNN accuracy
+        assert any(f"{train.path.name}: epoch {epoch}/2  loss " in line and " kNN " in line for line in err), err
+    assert captured.out.splitlines()[-2:] == [" " * 12 + "  pretrained  random init  raw pixels",  # the table, last
+                                              f"kNN accuracy  {run.summary['knn_acc']:>10.3f}  {'-':>11}  {'-':>10}"]
+    executed = nbformat.read(str(run.path / "notebook.ipynb"), as_version=4)
+    assert "widgets" not in executed.metadata  # no widget state stored
+    (shown,) = [o for c in executed.cells if "AugmentationExplorer" in c.source for o in c.outputs]
+    assert "image/png" in shown["data"] and "application/vnd.jupyter.widget-view+json" not in shown["data"]
+    assert cli_main(["run", str(nb), "--dir", str(tmp_path / "quiet"), "--quiet"]) == 0
+    assert "epoch" not in capsys.readouterr().err  # --quiet: no progress lines

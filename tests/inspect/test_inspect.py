@@ -295,6 +295,16 @@ def test_png_and_pil_figure_export(tmp_path):
     png = wi.figure_to_png_pil(fig, 200, 100)
     pic = wi.images.decode_png(png)
     assert pic.shape == (100, 200, 3) and ((pic[..., 0] > 200) & (pic[..., 1] < 50)).any()
+    # figures are stored with a palette: a picture of <= 256 colours comes back exactly, transparency on white
+    from PIL import Image
+    import io
+    rgba = np.zeros((40, 60, 4), np.uint8)
+    rgba[:20, :, :] = (255, 0, 0, 255)  # opaque red on top, transparent below
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, format="PNG")
+    flat = wi.images.decode_png(wi.images.palette_png(buf.getvalue()))
+    assert (flat[:20] == (255, 0, 0)).all() and (flat[20:] == 255).all()
+    assert np.array_equal(wi.images.decode_png(wi.images.palette_png(png)), pic)  # the figure: few colours, kept
 
 
 def test_colors_from_plotly_scales_and_marker_round_trip():

@@ -25,12 +25,20 @@ def _parse_grid(items: Sequence[str]) -> dict[str, list]:
     return grid
 
 
+def _progress(args: argparse.Namespace):
+    """Where ``run``/``quickstart`` report progress: a line per cell and per training epoch on stderr, unless
+    --quiet."""
+    if args.quiet:
+        return None
+    return lambda line: print(line, file=sys.stderr, flush=True)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import NotebookError, describe_run, run_notebook
     params = {name: value for name, value in (args.parameter or [])}
     try:
         run = run_notebook(args.notebook, params, runs_dir=args.dir, name=args.name, coerce_strings=True,
-                           timeout=args.timeout)
+                           timeout=args.timeout, progress=_progress(args))
     except NotebookError as e:
         print(f"error: {e}", file=sys.stderr)
         print(describe_run(e.run))
@@ -43,7 +51,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     from .runner import NotebookError, describe_run, quickstart
     params = {name: value for name, value in (args.parameter or [])}
     try:
-        run = quickstart(args.dir, params, timeout=args.timeout, coerce_strings=True)
+        run = quickstart(args.dir, params, timeout=args.timeout, coerce_strings=True, progress=_progress(args))
     except NotebookError as e:
         print(f"error: {e}", file=sys.stderr)
         print(describe_run(e.run))
@@ -115,10 +123,12 @@ def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
     p = subparsers.add_parser("run", help="execute a notebook with papermill into a new run folder")
     p.add_argument("notebook", help="path to a .ipynb with a cell tagged `parameters`")
     p.add_argument("--name", default=None, help="run folder name (default: <time>-<method>-<data>-<id>)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines (cells, training epochs) on stderr")
     common(p)
     p.set_defaults(func=_cmd_run)
 
     p = subparsers.add_parser("quickstart", help="the main job: execute notebooks/00_quickstart.ipynb into runs/")
+    p.add_argument("--quiet", action="store_true", help="no progress lines (cells, training epochs) on stderr")
     common(p)
     p.set_defaults(func=_cmd_quickstart)
 

@@ -5,7 +5,9 @@ pictures)::
 
     parameters.json   {"notebook": stem, "source_path": ..., "parameters": {...all, defaults filled...}}
     source.ipynb      the unexecuted notebook (what ``reproduce`` re-executes)
-    notebook.ipynb    the executed notebook (saved after every cell, so it can be watched live)
+    notebook.ipynb    the executed notebook (saved after every cell, so it can be watched live); widgets in it
+                      show their static picture (image/png) and no widget state is stored, so it stays small
+                      and shows every figure when opened without a kernel
     status.json       running -> completed | failed (with the failing cell, its source and the error)
     summary.json      what the notebook recorded through ``record_metrics``
 """
@@ -22,11 +24,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ..config import ConfigError, parse_value
 from ..runs import Run, atomic_write_json
-from .records import ENV_RUN_DIR, PARAMETERS_FILE, _plain
+from .records import ENV_DISPLAY, ENV_RUN_DIR, PARAMETERS_FILE, _plain
+from .table import HEADLINE
 
 RUN_DIR_PARAMETER = "run_dir"
 DEFAULT_TIMEOUT = 1800  # seconds per cell
@@ -184,10 +187,11 @@ def _slug(text: Any) -> str:
 
 
 def _kernel_env(run: Run) -> dict[str, str]:
-    """Environment of the kernel: the run folder, progress bars off (tqdm's TQDM_DISABLE; the engine's bar
-    also reads CI), the repo importable from any cwd."""
-    env = {ENV_RUN_DIR: str(run.path.resolve()), "TQDM_DISABLE": "1", "CI": os.environ.get("CI") or "true",
-           "PYDEVD_DISABLE_FILE_VALIDATION": "1", "MPLBACKEND": "Agg"}
+    """Environment of the kernel: the run folder, widgets as static pictures (no browser shows this kernel's
+    outputs live), progress bars off (tqdm's TQDM_DISABLE; the engine's bar also reads CI: the runner reports
+    progress itself, see ``NotebookProgress``), the repo importable from any cwd."""
+    env = {ENV_RUN_DIR: str(run.path.resolve()), ENV_DISPLAY: "static", "TQDM_DISABLE": "1",
+           "CI": os.environ.get("CI") or "true", "PYDEVD_DISABLE_FILE_VALIDATION": "1", "MPLBACKEND": "Agg"}
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     return env
@@ -235,11 +239,130 @@ def _last_started_cell(executed: Path) -> tuple[int | None, str | None]:
     return (started[-1], nb.cells[started[-1]].source) if started else (None, None)
 
 
+class NotebookProgress:
+    """Reports a notebook run while papermill executes it, one line at a time, by watching its run folder from
+    this process (nothing runs in the kernel): each code cell as it starts (from the executed notebook papermill
+    saves at every cell start: its section heading and first line) and each epoch that a training run under the
+    run folder logs to its metrics.jsonl (loss, kNN accuracy). ``report`` receives each line; ``start()`` polls
+    every ``interval`` s in a daemon thread, ``stop()`` reads what is left and ends it.
+    """
+
+    def __init__(self, run: Run, report: Callable[[str], None], interval: float = 1.0):
+        self.run, self.report, self.interval = run, report, interval
+        self._started = time.monotonic()
+        self._cells_seen: set[int] = set()
+        self._nb_mtime: int | None = None
+        self._offsets: dict[Path, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, message: str | None = None) -> "NotebookProgress":
+        """Report ``message`` (if any), then poll in a daemon thread."""
+        if message:
+            self._say(message)
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="notebook-progress")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.poll()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def _say(self, text: str) -> None:
+        m, sec = divmod(int(time.monotonic() - self._started), 60)
+        self.report(f"[{m}:{sec:02d}] {text}")
+
+    def poll(self) -> None:
+        """Report the epochs logged and the cells started since the last poll (a file caught mid-write is read
+        again at the next poll). Epochs first: when both arrive in one poll, the epochs are the end of the cell that
+        was running and the cell is the next one."""
+        try:
+            self._poll_epochs()
+            self._poll_cells()
+        except Exception as e:  # progress is a courtesy: it never fails the run
+            self.report(f"(progress unavailable: {type(e).__name__}: {e})")
+            self._stop.set()
+
+    def _poll_cells(self) -> None:
+        path = self.run.path / "notebook.ipynb"
+        try:
+            mtime = path.stat().st_mtime_ns
+            if mtime == self._nb_mtime:
+                return
+            cells = json.loads(path.read_text()).get("cells", [])
+        except (OSError, ValueError):  # not written yet, or caught mid-write
+            return
+        self._nb_mtime = mtime
+        code = [i for i, c in enumerate(cells) if c.get("cell_type") == "code"
+                and "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+        for n, i in enumerate(code):
+            meta = cells[i].get("metadata", {}).get("papermill", {})
+            if i in self._cells_seen or not meta.get("start_time"):
+                continue
+            self._cells_seen.add(i)
+            section = next((_heading(cells[k]) for k in range(i - 1, -1, -1) if _heading(cells[k])), None)
+            first = next((ln.strip() for ln in _source(cells[i]).splitlines()
+                          if ln.strip() and not ln.strip().startswith("#")), "")
+            first = first if len(first) <= 70 else first[:67] + "..."
+            self._say(f"cell {n + 1}/{len(code)}" + (f" · {section}" if section else "") + f" · {first}")
+
+    def _poll_epochs(self) -> None:
+        for metrics in sorted(self.run.path.rglob("metrics.jsonl")):
+            offset = self._offsets.get(metrics, 0)
+            try:
+                with open(metrics, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+            except OSError:
+                continue
+            end = chunk.rfind(b"\n") + 1  # complete lines only
+            self._offsets[metrics] = offset + end
+            for line in chunk[:end].decode("utf-8", "replace").splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and rec.get("kind") == "epoch":
+                    self._say(self._epoch_line(metrics.parent, rec))
+
+    def _epoch_line(self, train_dir: Path, rec: Mapping[str, Any]) -> str:
+        try:
+            total = json.loads((train_dir / "config.json").read_text())["train"]["epochs"]
+        except (OSError, ValueError, KeyError, TypeError):
+            total = None
+        parts = [f"{train_dir.name}: epoch {rec.get('epoch')}" + (f"/{total}" if total else "")]
+        for key, label, fmt in (("loss", "loss", ".4f"), ("knn_acc", "kNN", ".3f")):
+            if isinstance(rec.get(key), (int, float)):
+                parts.append(f"{label} {rec[key]:{fmt}}")
+        return "  ".join(parts)
+
+
+def _source(cell: Mapping[str, Any]) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else str(src)
+
+
+def _heading(cell: Mapping[str, Any]) -> str | None:
+    """The first Markdown heading of a markdown cell, without its #s (None for other cells)."""
+    if cell.get("cell_type") != "markdown":
+        return None
+    for line in _source(cell).splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip() or None
+    return None
+
+
 def run_notebook(path: str | os.PathLike, parameters: Mapping[str, Any] | None = None,
                  runs_dir: str | os.PathLike = "runs", name: str | None = None, kernel_name: str | None = None,
                  timeout: float | None = DEFAULT_TIMEOUT,
                  *, coerce_strings: bool = False, raise_on_error: bool = True, tag: str | None = None,
-                 notebook_name: str | None = None) -> Run:
+                 notebook_name: str | None = None, progress: Callable[[str], None] | None = None) -> Run:
     """Execute notebook ``path`` with ``parameters`` into a new run under ``runs_dir``; return the run.
 
     Parameters are validated against the notebook's ``parameters`` cell before anything runs. The run folder is
@@ -247,7 +370,9 @@ def run_notebook(path: str | os.PathLike, parameters: Mapping[str, Any] | None =
     ``name``. ``timeout`` is per cell, in seconds. A cell that raises records status failed with the cell's
     index and source and the error, then raises NotebookError (``raise_on_error=False`` returns the run).
     ``tag`` (e.g. a sweep name) is stored in parameters.json; ``notebook_name`` overrides the recorded notebook
-    name (``reproduce`` runs a stored source.ipynb under its original name).
+    name (``reproduce`` runs a stored source.ipynb under its original name). ``progress`` (e.g. ``print``)
+    receives a line per cell started and per training epoch logged (``NotebookProgress``); None is silent.
+    Widgets show their static pictures in the executed notebook and no widget state is stored in it.
     """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -268,6 +393,8 @@ def run_notebook(path: str | os.PathLike, parameters: Mapping[str, Any] | None =
     out_nb = run.path / "notebook.ipynb"
     started = time.time()
     run.set_status("running", notebook=stem, started=_dt.datetime.now().isoformat(timespec="seconds"))
+    watcher = (NotebookProgress(run, progress).start(f"executing {path.name} into {run.path}")
+               if progress is not None else None)
     try:
         with _patched_env(_kernel_env(run)):
             injected = dict(values)
@@ -275,7 +402,8 @@ def run_notebook(path: str | os.PathLike, parameters: Mapping[str, Any] | None =
                 injected[RUN_DIR_PARAMETER] = str(run.path.resolve())
             pm.execute_notebook(str(path), str(out_nb), parameters=injected,
                                 kernel_name=kernel, progress_bar=False, log_output=False,
-                                execution_timeout=timeout, request_save_on_cell_execute=True)
+                                execution_timeout=timeout, request_save_on_cell_execute=True,
+                                store_widget_state=False)
     except PapermillExecutionError as e:
         source_cell = _source_index(path, e.cell_index)
         error = f"{e.ename}: {e.evalue}"
@@ -300,6 +428,9 @@ def run_notebook(path: str | os.PathLike, parameters: Mapping[str, Any] | None =
             raise NotebookError(f"notebook {stem} failed in cell {source_cell} ({error}); executed notebook: "
                                 f"{out_nb}", run) from e
         return run
+    finally:
+        if watcher is not None:
+            watcher.stop()
     run.set_status("completed", notebook=stem, seconds=round(time.time() - started, 2))
     return run
 
@@ -310,23 +441,62 @@ def repo_notebooks_dir() -> Path:
 
 
 def quickstart(runs_dir: str | os.PathLike = "runs", parameters: Mapping[str, Any] | None = None,
-               timeout: float | None = DEFAULT_TIMEOUT, coerce_strings: bool = False) -> Run:
+               timeout: float | None = DEFAULT_TIMEOUT, coerce_strings: bool = False,
+               progress: Callable[[str], None] | None = None) -> Run:
     """The main job: execute notebooks/00_quickstart.ipynb through papermill into a new run under ``runs_dir``
-    (``parameters`` override its defaults, e.g. ``{"epochs": 2}``)."""
+    (``parameters`` override its defaults, e.g. ``{"epochs": 2}``; ``progress`` as in :func:`run_notebook`)."""
     nb = repo_notebooks_dir() / "00_quickstart.ipynb"
-    return run_notebook(nb, parameters, runs_dir=runs_dir, timeout=timeout, coerce_strings=coerce_strings)
+    return run_notebook(nb, parameters, runs_dir=runs_dir, timeout=timeout, coerce_strings=coerce_strings,
+                        progress=progress)
+
+
+HEADLINE_LABELS = {"knn_acc": ("kNN accuracy", ".3f"), "linear_acc": ("linear probe accuracy", ".3f"),
+                   "rankme": ("RankMe (effective rank)", ".1f"), "std": ("embedding std", ".4f")}  # how to show them
+BASELINE_COLUMNS = (("", "pretrained"), ("_random_init", "random init"), ("_raw_pixels", "raw pixels"))
+
+
+def headline_table(summary: Mapping[str, Any]) -> str:
+    """The headline comparison of a summary as a short text table: one row per headline metric it holds
+    (``headline_metrics``: kNN and linear accuracy, RankMe, std), one column per model (pretrained, random init,
+    raw pixels); "-" where a value is missing. "" when the summary holds none."""
+    rows = []
+    for key in HEADLINE:
+        label, fmt = HEADLINE_LABELS.get(key, (key, ".4g"))
+        values = [summary.get(key + suffix) for suffix, _ in BASELINE_COLUMNS]
+        if any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            rows.append([label] + [format(v, fmt) if isinstance(v, (int, float)) and not isinstance(v, bool)
+                                   else "-" for v in values])
+    if not rows:
+        return ""
+    head = [""] + [name for _, name in BASELINE_COLUMNS]
+    first = max(len(r[0]) for r in rows)
+    widths = [max(len(head[c]), *(len(r[c]) for r in rows)) for c in range(1, len(head))]
+    lines = [" " * first + "".join(f"  {h:>{w}}" for h, w in zip(head[1:], widths))]
+    lines += [f"{r[0]:<{first}}" + "".join(f"  {v:>{w}}" for v, w in zip(r[1:], widths)) for r in rows]
+    return "\n".join(lines)
 
 
 def describe_run(run: Run) -> str:
-    """A few lines naming where an executed notebook, its pictures and its summary are."""
+    """Where an executed notebook, its pictures and its summary are, then the headline comparison (pretrained vs
+    random init vs raw pixels, :func:`headline_table`) where the notebook recorded one."""
     pics = sorted(p.name for p in run.path.glob("*") if p.suffix in (".png", ".html"))
+    status = run.status
+    seconds = status.get("seconds")
     lines = [f"run folder:        {run.path}",
-             f"status:            {run.status.get('status')}",
+             f"status:            {status.get('status')}"
+             + (f" ({seconds // 60:.0f} min {seconds % 60:.0f} s)" if isinstance(seconds, (int, float)) else ""),
              f"executed notebook: {run.path / 'notebook.ipynb'}"]
     if pics:
         lines.append(f"pictures:          {', '.join(pics)}")
-    flat = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in sorted(run.summary.items())
-            if "/" not in k and not isinstance(v, (dict, list))}
+    summary = run.summary
+    table = headline_table(summary)
+    headline = {key + suffix for key in HEADLINE for suffix, _ in BASELINE_COLUMNS}
+    flat = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in sorted(summary.items())
+            if "/" not in k and not isinstance(v, (dict, list)) and k not in headline}
+    if summary:
+        lines.append(f"summary:           {run.path / 'summary.json'}")
     if flat:
-        lines.append("summary:           " + json.dumps(flat, default=str))
+        lines.append("other results:     " + json.dumps(flat, default=str))
+    if table:
+        lines += ["", table]
     return "\n".join(lines)
