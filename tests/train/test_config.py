@@ -23,6 +23,8 @@ from workbench.train.config import resolve_train, schedule_steps
     (dict(method_options={"temperatur": 0.5}), r"method 'simclr'.*temperatur.*options of simclr"),
     (dict(augment={"jitter_p": 2.0}), r"augment.*jitter_p=2.0 is out of range"),
     (dict(data={"options": {"size": 32}}), r"options\['size'\] is not allowed: use DataConfig.image_size"),
+    (dict(train={"checkpoint_steps": 0}), r"TrainConfig.checkpoint_steps=0 must be an integer >= 1"),
+    (dict(train={"keep_checkpoints": -1}), r"TrainConfig.keep_checkpoints=-1 must be an integer >= 0"),
 ])
 def test_bad_configs_get_named_errors(kwargs, pattern):
     from workbench.config import from_dict

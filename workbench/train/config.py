@@ -179,8 +179,8 @@ class TrainConfig:
         check_choice(o, "precision", self.precision, PRECISIONS)
         check_choice(o, "channels_last", self.channels_last, CHANNELS_LAST)
         check_choice(o, "progress", self.progress, PROGRESS)
-        if self.checkpoint_steps is not None and (not isinstance(self.checkpoint_steps, int)
-                                                  or isinstance(self.checkpoint_steps, bool) or self.checkpoint_steps < 1):
+        steps = self.checkpoint_steps
+        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
             raise ConfigError(f"{o}.checkpoint_steps={self.checkpoint_steps!r} must be an integer >= 1 (or None: "
                               "checkpoint at epoch ends only)")
         if (not isinstance(self.keep_checkpoints, int) or isinstance(self.keep_checkpoints, bool)
