@@ -318,6 +318,19 @@ def test_skipped_corrupt_files_are_recorded_in_the_status_and_counted(tmp_path):
     assert status["skipped_count"] == 1 and status["skipped_files"]["train"][0][0] == str(broken)
     assert status["skipped_files"]["train"][0][1]  # the reason
     assert "skipped:    1 unreadable image file(s)" in out
+    # streamed with given statistics (no sample read up front), the broken file is found when the epoch decodes
+    # it, and recorded all the same
+    code, out, err = cli_in_process("pretrain", "--method", "simclr", "--data", "folder",
+                                    f"data.root={tmp_path / 'img'}", "data.options.skip_corrupt=true",
+                                    "data.options.stream=true", "data.options.workers=0", "data.image_size=16",
+                                    "data.mean=[0.5,0.5,0.5]", "data.std=[0.25,0.25,0.25]",
+                                    "--batch-size", "16", "model.options.width=8", "train.knn_every=0",
+                                    "--epochs", "1", "--out", str(tmp_path / "runs"), "--name", "streamed",
+                                    "train.device=cpu")
+    assert code == 0, err
+    status = Run(tmp_path / "runs" / "streamed").status
+    assert status["skipped_count"] == 1 and status["skipped_files"]["train"][0][0] == str(broken)
+    assert "skipped:    1 unreadable image file(s)" in out
 
 
 # ----------------------------------------------------------------------------------- 12: the umask

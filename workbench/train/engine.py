@@ -323,6 +323,15 @@ class Trainer:
             self._status["warnings"] = dict(self._warnings)
         return [m for _, m in found]
 
+    def _record_skipped(self) -> int:
+        """Put the files the data left out (``skip_corrupt``: at loading, or found on decode by a streamed run) into
+        the status (``skipped_files`` by split, ``skipped_count`` distinct files); returns the count."""
+        skipped = {split: [list(f) for f in files] for split, files in self.data.skipped.items() if files}
+        count = len({f[0] for files in skipped.values() for f in files})
+        if count:
+            self._status.update(skipped_files=skipped, skipped_count=count)
+        return count
+
     def _stop_flag(self) -> bool:
         """stop() or a signal on any rank (all-reduced under DDP, so every rank stops at the same step)."""
         stop = self._stop.is_set()
@@ -403,10 +412,8 @@ class Trainer:
                     self._status["restarted"] = "no checkpoint was written before it stopped: restarted from step 0"
             if self._warnings:
                 self._status["warnings"] = dict(self._warnings)
-            skipped = {split: [list(f) for f in files] for split, files in self.data.skipped.items() if files}
-            if skipped:
-                count = len({f[0] for files in skipped.values() for f in files})  # distinct files
-                self._status.update(skipped_files=skipped, skipped_count=count)
+            count = self._record_skipped()
+            if count:
                 warnings.warn(f"data {c.data.name!r}: {count} unreadable image file(s) skipped (skip_corrupt); they "
                               f"are listed in {run.path / 'status.json'} under skipped_files", UserWarning,
                               stacklevel=2)
@@ -491,6 +498,7 @@ class Trainer:
                             record["warnings"] = found
                         run.log_metrics(record)
                         self._call("on_epoch", record)
+                        self._record_skipped()
                         self._heartbeat(force=True)
                     due_step = bool(t.checkpoint_steps) and self.step % (t.checkpoint_steps or 1) == 0
                     if done_epochs % t.checkpoint_every == 0 or is_last or due_step:
@@ -510,6 +518,8 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+        if self.is_main:
+            self._record_skipped()
         if self.is_main and stopped == "signal":  # preemption: be quick, the scheduler's kill follows
             run.set_status("interrupted", **{**self._status, "step": self.step, "checkpoint": "last",
                                              "signal": signal.Signals(self._signal).name})
