@@ -257,6 +257,23 @@ class RunLock:
             pass
 
 
+def _forget_locks_in_child() -> None:
+    """A forked child (a DataLoader worker, say) is not the writer: close its copies of the lock descriptors -
+    closing, never unlocking, which would release the parent's lock - so the lock ends with the writer itself."""
+    for lock in list(_HELD.values()):
+        fd, lock._fd = lock._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks_in_child)
+
+
 def _try_flock(fd: int, mode: int, wait_s: float) -> bool:
     """flock ``fd`` without blocking, retrying for ``wait_s`` (a reader's probe holds it for microseconds)."""
     deadline = time.monotonic() + wait_s

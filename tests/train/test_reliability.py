@@ -191,6 +191,39 @@ def test_a_killed_run_reads_interrupted_and_resume_restarts_it_without_a_checkpo
     assert not any(p.exists() for p in orphans)
 
 
+def _image_folder(root: Path, n: int = 20) -> Path:
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            pixels = torch.randint(0, 256, (16, 16, 3), generator=g, dtype=torch.uint8).numpy()
+            Image.fromarray(pixels).save(root / cls / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_forked_data_workers_do_not_keep_a_killed_writers_lock(tmp_path):
+    """DataLoader workers are forked with the lock's descriptor; they drop it, so the lock ends with the writer."""
+    images = _image_folder(tmp_path / "img")
+    out = tmp_path / "runs"
+    proc = start_cli("pretrain", "--method", "simclr", "--data", "folder", f"data.root={images}",
+                     "data.options.stream=true", "data.options.workers=2", "data.image_size=16", "--batch-size", "16",
+                     "model.options.width=8", "train.knn_every=0", "--epochs", "1000", "train.log_every=1",
+                     "--out", str(out), "--name", "streamed", "train.device=cpu", cwd=tmp_path)
+    try:
+        wait_for_steps(proc, out / "streamed", 3)
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+    alive = [w for w in workers if Path(f"/proc/{w}").exists()]
+    status = Run(out / "streamed").status
+    assert status["status"] == "interrupted", (status, alive)  # even while the workers are still exiting
+    assert workers  # the run did fork its data workers
+
+
 # ------------------------------------------------------------------------- 5: the handler, in process
 def test_sigterm_in_process_checkpoints_marks_interrupted_and_restores_the_handlers(blobs_data, tmp_path):
     before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
@@ -298,14 +331,7 @@ def test_a_resume_that_cannot_start_leaves_the_run_folder_byte_for_byte(blobs_da
 
 # ------------------------------------------------------------------------------ 10: skipped files
 def test_skipped_corrupt_files_are_recorded_in_the_status_and_counted(tmp_path):
-    from PIL import Image
-
-    g = torch.Generator().manual_seed(0)
-    for cls in ("a", "b"):
-        (tmp_path / "img" / cls).mkdir(parents=True)
-        for i in range(20):
-            pixels = torch.randint(0, 256, (16, 16, 3), generator=g, dtype=torch.uint8).numpy()
-            Image.fromarray(pixels).save(tmp_path / "img" / cls / f"{i}.png")
+    _image_folder(tmp_path / "img")
     broken = tmp_path / "img" / "b" / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     code, out, err = cli_in_process("pretrain", "--method", "simclr", "--data", "folder",
