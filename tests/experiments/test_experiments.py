@@ -375,3 +375,25 @@ def test_cli_run_prints_progress_and_the_headline_table_and_stores_pictures_not_
     assert "image/png" in shown["data"] and "application/vnd.jupyter.widget-view+json" not in shown["data"]
     assert cli_main(["run", str(nb), "--dir", str(tmp_path / "quiet"), "--quiet"]) == 0
     assert "epoch" not in capsys.readouterr().err  # --quiet: no progress lines
+
+
+def test_cli_quickstart_ends_with_the_headline_table(tmp_path, capsys, monkeypatch):
+    import workbench.experiments.runner as runner
+
+    run = Run.create(tmp_path, "byol", "shapes")
+    summary = {"knn_acc": 0.354, "knn_acc_random_init": 0.284, "knn_acc_raw_pixels": 0.41}
+    run.update_summary(summary)
+    run.set_status("completed", seconds=12.0)
+    given = {}
+
+    def fake_quickstart(runs_dir, params, timeout, coerce_strings, progress):
+        given.update(runs_dir=runs_dir, params=params, progress=progress)
+        return run
+
+    monkeypatch.setattr(runner, "quickstart", fake_quickstart)
+    assert cli_main(["quickstart", "--dir", str(tmp_path), "-p", "epochs", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert given["params"] == {"epochs": "1"} and callable(given["progress"])
+    assert out[0] == f"run folder:        {run.path}" and out[-3:] == ["", *runner.headline_table(summary).splitlines()]
+    assert sum("kNN accuracy" in line for line in out) == 1
+    assert cli_main(["quickstart", "--dir", str(tmp_path), "--quiet"]) == 0 and given["progress"] is None

@@ -48,7 +48,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_quickstart(args: argparse.Namespace) -> int:
-    from .runner import NotebookError, describe_run, quickstart
+    from .runner import NotebookError, describe_run, headline_table, quickstart
     params = {name: value for name, value in (args.parameter or [])}
     try:
         run = quickstart(args.dir, params, timeout=args.timeout, coerce_strings=True, progress=_progress(args))
@@ -56,8 +56,11 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         print(describe_run(e.run))
         return 1
-    print(describe_run(run))
+    print(describe_run(run, table=False))
     print(f"open it in JupyterLab: workbench lab   (or: jupyter lab {run.path / 'notebook.ipynb'})")
+    comparison = headline_table(run.summary)
+    if comparison:  # the headline comparison last, where a newcomer's eye lands
+        print(f"\n{comparison}")
     return 0
 
 

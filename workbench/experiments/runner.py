@@ -476,9 +476,9 @@ def headline_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def describe_run(run: Run) -> str:
-    """Where an executed notebook, its pictures and its summary are, then the headline comparison (pretrained vs
-    random init vs raw pixels, :func:`headline_table`) where the notebook recorded one."""
+def describe_run(run: Run, table: bool = True) -> str:
+    """Where an executed notebook, its pictures and its summary are, then (with ``table``) the headline comparison
+    (pretrained vs random init vs raw pixels, :func:`headline_table`) where the notebook recorded one."""
     pics = sorted(p.name for p in run.path.glob("*") if p.suffix in (".png", ".html"))
     status = run.status
     seconds = status.get("seconds")
@@ -489,7 +489,6 @@ def describe_run(run: Run) -> str:
     if pics:
         lines.append(f"pictures:          {', '.join(pics)}")
     summary = run.summary
-    table = headline_table(summary)
     headline = {key + suffix for key in HEADLINE for suffix, _ in BASELINE_COLUMNS}
     flat = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in sorted(summary.items())
             if "/" not in k and not isinstance(v, (dict, list)) and k not in headline}
@@ -497,6 +496,7 @@ def describe_run(run: Run) -> str:
         lines.append(f"summary:           {run.path / 'summary.json'}")
     if flat:
         lines.append("other results:     " + json.dumps(flat, default=str))
-    if table:
-        lines += ["", table]
+    comparison = headline_table(summary) if table else ""
+    if comparison:
+        lines += ["", comparison]
     return "\n".join(lines)
