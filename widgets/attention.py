@@ -35,7 +35,6 @@ class AttentionViewer(WidgetBase):
         self._tokens: dict[int, torch.Tensor] = {}
         self.grid: tuple[int, int] = (1, 1)
         self.patch: tuple[int, int] = (0, 0)
-        self._patch_chosen = False
         self.heat: np.ndarray | None = None
         self.pictures: list[np.ndarray] = []
         self.png: bytes = b""
@@ -153,7 +152,6 @@ class AttentionViewer(WidgetBase):
         self.tokens(self.index.value)
         patch_index(row, col, self.grid)  # range check
         self.patch = (int(row), int(col))
-        self._patch_chosen = True
         if self.view.value != "patch similarity":
             self.view.value = "patch similarity"  # triggers render
         else:
@@ -195,8 +193,6 @@ class AttentionViewer(WidgetBase):
             about = f"CLS attention ({label}); bright = more attention"
         elif view == "patch similarity":
             ta, tb = self.tokens(i), self.tokens(j)
-            if not self._patch_chosen:  # the centre patch until the user picks one: more often on the object
-                self.patch = (self.grid[0] // 2, self.grid[1] // 2)
             heats = similarity_images(ta, tb, patch_index(*self.patch, self.grid), self.grid, size)
             self.heat = heats[0]
             maps = [heat_picture(h) for h in heats]

@@ -164,7 +164,7 @@ def test_pictures_fill_their_canvas_and_show_patches_as_blocks(runs, shapes16):
     assert blue.sum() > 50 and orange.sum() > 50
     # patch views for a CNN (a 2x2 grid on 16 px images): the image, the map, the map over the image, per image
     cv = AttentionViewer(runs["cnn"], shapes16.images[:3])
-    assert cv.grid == (2, 2) and cv.patch == (1, 1)  # the centre patch until one is picked
+    assert cv.grid == (2, 2) and cv.patch == (0, 0)
     sheet = cv.picture
     assert _non_white(sheet) > 0.4 and sheet.shape[0] >= 2 * 16 * cv.zoom and sheet.shape[1] >= 3 * 16 * cv.zoom
     heat = cv.heat  # similarity at image resolution: one constant block per patch (nearest, not blurred)
@@ -172,7 +172,9 @@ def test_pictures_fill_their_canvas_and_show_patches_as_blocks(runs, shapes16):
         for c in range(2):
             block = heat[8 * r:8 * r + 8, 8 * c:8 * c + 8]
             assert np.allclose(block, block[0, 0])
-    assert cv.heat[8:, 8:].max() == pytest.approx(1.0)  # the query (centre) patch is most similar to itself
+    assert cv.heat[:8, :8].max() == pytest.approx(1.0)  # the query patch is most similar to itself
+    green = (sheet == (0, 255, 0)).all(-1)  # ... and outlined in the map and the overlay of the first row
+    assert green[:, 16 * cv.zoom:].sum() > 2 * 4 * 8 * cv.zoom - 16
 
 
 def test_widgets_display_their_static_picture_under_the_runner(runs, shapes16, tmp_path, monkeypatch):
