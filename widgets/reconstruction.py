@@ -69,7 +69,7 @@ class ReconstructionViewer(WidgetBase):
         self.loss.value = (f"mask ratio {self.mask_ratio.value:.2f} ({masked:.0%} of patches masked), "
                            f"loss on masked patches {self.result['loss']:.4f}")
         self.picture = image_grid([[reconstruction_grid(self.result, zoom)]],
-                                  title=f"each row: {COLUMNS}. {self.loss.value}, seed {self.seed.value}")
+                                  title=f"each row: {COLUMNS}; {self.loss.value}, seed {self.seed.value}")
         self.png = png_bytes(self.picture)
         self.image.value = self.png
         self.clear_error()
