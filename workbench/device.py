@@ -20,3 +20,30 @@ def resolve_device(device: str | torch.device | None = "auto", local_rank: int =
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{field}={str(device)!r} but CUDA is not available on this machine; use 'cpu' or 'auto'")
     return dev
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 in hardware (x86 AVX512-BF16 or AMX-BF16, read from /proc/cpuinfo).
+
+    There bf16 autocast roughly doubles the throughput of convolutions and matmuls; elsewhere oneDNN emulates
+    bf16 and it is slower than fp32, so ``precision="auto"`` stays fp32.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a ``precision`` setting on ``device``: "bf16" -> bfloat16, "fp32" -> None (no autocast),
+    "auto" -> bfloat16 on CUDA and on CPUs with native bf16 (``cpu_has_native_bf16``), else None."""
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto" and (device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())):
+        return torch.bfloat16
+    return None
