@@ -36,6 +36,16 @@ def _blobs(split: str = "train", n: int = 128, size: int = 16, seed: int = 0):
                         "engine_blobs", split)
 
 
+@pytest.fixture(autouse=True)
+def _cache_every_feature_pass(monkeypatch, tmp_path_factory):
+    """Tests see the feature cache at work on tiny sets (in use only passes over ~2 s are stored) and never
+    write to the user's cache folder."""
+    from workbench.trained import features
+
+    monkeypatch.setattr(features, "CACHE_MIN_SECONDS", 0.0)
+    monkeypatch.setenv("WORKBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "user-cache"))
+
+
 @pytest.fixture
 def blobs_data():
     """Registers the ``engine_blobs`` data set (options: n, size, seed) for the duration of a test."""

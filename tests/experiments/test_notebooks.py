@@ -58,11 +58,8 @@ def check_small_and_shown(run: Run) -> None:
     """A notebook run folder stays small and its executed notebook shows every widget as a picture: no widget
     state, one shared plotly.js for its HTML pictures, an image/png output in every widget cell."""
     sizes = {p: p.stat().st_size for p in run.path.rglob("*") if p.is_file() and "checkpoints" not in p.parts}
-    # the training run's cached features are left out of the bound: workbench/trained/features.py still caches
-    # features that take a moment to recompute (2 MB per split and model at 2000 x 256 floats); see issue 14
-    cached = sum(n for p, n in sizes.items() if p.parent.name == "cache" and p.name.startswith("features-"))
     listing = "\n".join(f"{n:>10}  {p.relative_to(run.path)}" for p, n in sorted(sizes.items(), key=lambda t: -t[1]))
-    assert sum(sizes.values()) - cached < RUN_FOLDER_BOUND, listing
+    assert sum(sizes.values()) < RUN_FOLDER_BOUND, listing
     assert [p.name for p in sizes if p.name == "plotly.min.js"] == ["plotly.min.js"]  # one copy, shared
     for page in run.path.glob("*.html"):
         assert sizes[page] < 2 ** 20 and 'src="plotly.min.js"' in page.read_text()

@@ -43,6 +43,15 @@ def test_random_init_changes_weights_but_not_the_original(backbone):
     assert not torch.equal(vfresh.vit.pos_embed, vit.vit.pos_embed)
 
 
+def test_a_pass_quicker_than_the_threshold_is_recomputed_not_stored(tmp_path, data, backbone, monkeypatch):
+    monkeypatch.setattr(features_mod, "CACHE_MIN_SECONDS", 1e9)
+    extract_features(backbone, data[0], cache_dir=tmp_path)
+    assert not list(tmp_path.glob("features-*.pt"))
+    monkeypatch.setattr(features_mod, "CACHE_MIN_SECONDS", 0.0)
+    extract_features(backbone, data[0], cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("features-*.pt"))) == 1
+
+
 def test_cache_hits_and_invalidates(tmp_path, data, backbone, monkeypatch):
     train, _ = data
     calls = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,6 +29,7 @@ from workbench.runs import atomic_torch_save
 from workbench.trained.source import Trained, load_trained, random_init_like
 
 CACHE_VERSION = 2
+CACHE_MIN_SECONDS = 2.0  # feature passes faster than this are recomputed, not stored
 BASELINES = ("random_init", "raw_pixels")
 
 
@@ -208,7 +210,9 @@ def extract_features(source: Any, dataset: ImageDataset | torch.Tensor, *, check
     source: anything :func:`load_trained` accepts; its recorded mean/std normalise the images unless ``mean``/
     ``std`` are given (a bare module: 0.5/0.5). ``baseline``: None (the source itself), ``"random_init"`` (same
     architecture, fresh weights from ``seed``) or ``"raw_pixels"``. Cached under the run's ``cache/`` (or
-    ``cache_dir``) when ``cache``; a new checkpoint, other data, normalisation or device type recompute.
+    ``cache_dir``) when ``cache`` and the pass took at least ``CACHE_MIN_SECONDS`` (what a moment recomputes is
+    not worth its disk: a quickstart's four feature sets would be 8 MB); a new checkpoint, other data,
+    normalisation or device type recompute.
     """
     if baseline not in (None, *BASELINES):
         raise ValueError(f"baseline={baseline!r} is not allowed; use None, 'random_init' or 'raw_pixels'")
@@ -236,12 +240,14 @@ def extract_features(source: Any, dataset: ImageDataset | torch.Tensor, *, check
         hit = _load_cached(path)
         if hit is not None and hit.get("key") == json.dumps(key, sort_keys=True, default=str):
             return _feature_set(hit["features"], dataset, hit["meta"])
+    started = time.perf_counter()
     feats = encode(encoder, dataset.images, mean_t, std_t, batch_size=batch_size, device=device)
+    took = time.perf_counter() - started
     meta = {"source": str(trained.run.path) if trained.run is not None else trained.source,
             "checkpoint": str(trained.checkpoint) if trained.checkpoint is not None else None,
             "baseline": baseline or "pretrained", "data": dataset.name, "split": dataset.split, "n": len(dataset),
             "dim": int(feats.shape[1]), "mean": list(mean_t), "std": list(std_t)}
-    if path is not None:
+    if path is not None and took >= CACHE_MIN_SECONDS:
         atomic_torch_save({"features": feats, "meta": meta, "key": json.dumps(key, sort_keys=True, default=str)},
                           path)
     return _feature_set(feats, dataset, meta)
