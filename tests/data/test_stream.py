@@ -200,6 +200,7 @@ def test_unreadable_files_fail_the_epoch_in_one_error_or_are_skipped(tmp_path):
         Path(p).write_bytes(b"not an image")
     aug = make_preset("simclr", 16)
     src = open_source("folder", "train", root=tmp_path, size=16, workers=2)  # 22 files, batch 4: 5 steps
+    threads = torch.get_num_threads()
     got = []
     with pytest.raises(CorruptImagesError) as err:
         for _, vb in StreamBatches(src, aug, 0, 0, 1, 4, 5, 100, CPU).epoch(0, 0, torch.Generator()):
@@ -210,6 +211,7 @@ def test_unreadable_files_fail_the_epoch_in_one_error_or_are_skipped(tmp_path):
         views = [vb for _, vb in skipping.epoch(0, 0, torch.Generator())]
     assert len(views) == 5 and all(v.views[0].shape[0] == 4 for v in views)  # every batch keeps its size
     assert sorted(p for p, _ in skipping.skipped) == bad
+    assert torch.get_num_threads() == threads  # the colour stage's thread limit (cores the workers leave) is undone
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         list(skipping.epoch(1, 0, torch.Generator()))  # found again next epoch: already recorded, no new warning
