@@ -16,7 +16,7 @@ Sources of the preset values:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from workbench.config import ConfigError, check_choice, check_pair, check_range, from_dict

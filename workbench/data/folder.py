@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -48,8 +48,9 @@ def _images_under(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def open_image(source: str | Path | BinaryIO, mode: str) -> "PIL.Image.Image":
-    """A decoded PIL image converted to ``mode`` ("RGB" or "L") from a path or file object; raises what PIL raises."""
+def open_image(source: str | Path | BinaryIO, mode: str) -> Any:
+    """A decoded ``PIL.Image.Image`` converted to ``mode`` ("RGB" or "L") from a path or file object; raises what PIL
+    raises."""
     from PIL import Image
 
     with Image.open(source) as im:
