@@ -8,6 +8,9 @@ SimCLRProjectionHead), with the same backbone, batch and image size, in one proc
 
 Engine figures come from the engine's own step timing (metrics.jsonl ``images_per_s``) over the last
 ``--steps`` steps, after ``--steps`` warm-up steps (data generation, model build and compile excluded).
+Each engine line also carries the model FLOPs of one training step per image (forward + backward of every view,
+counted by ``torch.utils.flop_counter``) and the achieved FLOP/s as a fraction of this machine's peak (MFU), the
+peak being a large matmul measured in the same process in fp32 and bf16 (``peak`` lines).
 """
 from __future__ import annotations
 
@@ -31,6 +34,50 @@ def emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
 
 
+def measured_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """FLOP/s of an n x n x n matmul in ``dtype`` on ``device`` (best of ``reps``): the practical peak MFU is
+    measured against (vendor peaks assume clocks and units a 2-core slice of a shared host does not give)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(reps + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def step_flops_per_image(run_path: str) -> float:
+    """Model FLOPs of one training step (all views, forward + backward) per image, counted on the CPU in fp32
+    for the run's recorded config (the count does not depend on the device or precision)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from workbench.augment import generate_views
+    from workbench.methods.base import Batch, Progress
+    from workbench.runs import Run
+    from workbench.train.config import PretrainConfig, augment_config
+    from workbench.config import from_dict
+    from workbench.train.setup import build_method_for, load_data
+
+    config = from_dict(PretrainConfig, Run(run_path).config)
+    batch = min(16, config.train.batch_size)
+    images = load_data(config, "train").images[:batch]
+    size = images.shape[-1]
+    method = build_method_for(config, size, images.shape[1]).train()
+    aug = augment_config(config, size, tuple(config.data.mean), tuple(config.data.std))
+    g = torch.Generator().manual_seed(0)
+    vb = generate_views(images, aug, g)
+    progress = Progress(0, 100, 0, 1, 100, g)
+    with FlopCounterMode(display=False) as counter:
+        out = method.training_step(Batch(list(vb.views), vb.num_global, images), progress)
+        out.loss.backward()
+    return counter.get_total_flops() / batch
+
+
 def engine_throughput(method: str, backbone: str, args, data_name: str, out: str) -> dict:
     """images/s of ``method`` on ``backbone`` through ``workbench.pretrain`` (timed window: the last args.steps)."""
     from workbench.train import DataConfig, ModelConfig, PretrainConfig, TrainConfig, pretrain
@@ -48,8 +95,11 @@ def engine_throughput(method: str, backbone: str, args, data_name: str, out: str
         out=out)
     run = pretrain(cfg)
     steps = [r for r in run.metrics() if r["kind"] == "step"]
-    return {"images_per_s": steps[-1]["images_per_s"], "step_time_s": steps[-1]["step_time"],
-            "timed_steps": args.steps}
+    flops = step_flops_per_image(str(run.path))
+    ips = steps[-1]["images_per_s"]
+    return {"images_per_s": ips, "step_time_s": steps[-1]["step_time"], "timed_steps": args.steps,
+            "precision_used": run.summary["pretrain"]["precision"], "gflops_per_image": flops / 1e9,
+            "achieved_gflops_per_s": flops * ips / 1e9}
 
 
 def lightly_simclr_throughput(backbone_name: str, args, images: torch.Tensor) -> dict:
@@ -92,7 +142,7 @@ def lightly_simclr_throughput(backbone_name: str, args, images: torch.Tensor) ->
     model = SimCLR(build_backbone(backbone_name, size)).to(device)
     criterion = NTXentLoss(temperature=0.2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if args.precision == "bf16" else None
+    amp = torch.autocast(device.type, dtype=torch.bfloat16) if args.lightly_precision == "bf16" else None
     times, seen = [], 0
     it = iter(loader)
     t_prev = time.perf_counter()
@@ -127,7 +177,10 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=",".join(ALL_METHODS))
     p.add_argument("--backbones", default="small_cnn,resnet18")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
+    p.add_argument("--precision", default="auto", choices=["fp32", "bf16", "auto"],
+                   help="the engine's train.precision (auto: bf16 on CUDA and on CPUs with native bf16)")
+    p.add_argument("--lightly-precision", default="fp32", choices=["fp32", "bf16"],
+                   help="lightly's example trains in fp32; bf16 shows what autocast alone gives it")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=32)
@@ -146,6 +199,10 @@ def main(argv=None) -> int:
     common = {"bench": "train_throughput", "device": args.device, "precision": args.precision,
               "compile": args.compile, "batch_size": args.batch_size, "image_size": args.image_size,
               "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    dev = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    peaks = {name: measured_peak(dev, dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    for name, value in peaks.items():
+        emit({**common, "peak": name, "matmul_gflops_per_s": value / 1e9})
     with tempfile.TemporaryDirectory() as out:
         for backbone in args.backbones.split(","):
             ours_simclr = None
@@ -158,6 +215,7 @@ def main(argv=None) -> int:
                 except Exception as e:  # report and go on with the other methods
                     emit({**common, "impl": "workbench", "method": method, "backbone": bb, "error": repr(e)})
                     continue
+                r["mfu"] = r["achieved_gflops_per_s"] * 1e9 / peaks[r["precision_used"]]
                 emit({**common, "impl": "workbench", "method": method, "backbone": bb, **r})
                 if method == "simclr":
                     ours_simclr = r["images_per_s"]
@@ -168,7 +226,8 @@ def main(argv=None) -> int:
             except Exception as e:
                 emit({**common, "impl": "lightly-example", "method": "simclr", "backbone": backbone, "error": repr(e)})
                 continue
-            emit({**common, "impl": "lightly-example", "method": "simclr", "backbone": backbone, **r})
+            emit({**common, "impl": "lightly-example", "method": "simclr", "backbone": backbone,
+                  "precision_used": args.lightly_precision, **r})
             emit({**common, "comparison": "workbench/lightly-example", "method": "simclr", "backbone": backbone,
                   "ratio": ours_simclr / r["images_per_s"]})
     return 0
