@@ -110,8 +110,8 @@ class TrainConfig:
     """The training loop. ``optimizer``/``lr``/``weight_decay``/``warmup_epochs``/``betas`` left None come from
     the method's recipe; ``lr`` is per 256 images (scaled linearly with ``batch_size``, the global batch).
 
-    precision "auto": bf16 autocast on CUDA and on CPUs that compute bf16 natively (AVX512-BF16/AMX: about twice
-    fp32's speed there), else fp32. channels_last "auto": on for CNNs on CUDA.
+    precision "auto": bf16 autocast on CUDA, fp32 on a CPU ("bf16" opts in there: about twice fp32's speed on CPUs
+    with native bf16, see ``workbench.device.autocast_dtype`` for what it changes). channels_last "auto": on for CNNs on CUDA.
     ``max_steps`` stops early (the schedule still spans ``epochs``), e.g. to resume later.
     Checkpoints: ``checkpoints/last.pt`` every ``checkpoint_every`` epochs, every ``checkpoint_steps`` steps (None:
     epoch ends only) and at the end; ``keep_checkpoints`` K > 0 also keeps the newest K of them as

@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from workbench.config import ConfigError, from_dict, to_dict
-from workbench.device import autocast_dtype
+from workbench.device import autocast_dtype, cpu_has_native_bf16
 from workbench.runs import Run
 from workbench.train.config import PretrainConfig, ResolvedTrain, augment_config, resolve_train, schedule_steps
 from workbench.train.optim import build_optimizer, build_scheduler, param_groups
@@ -251,13 +251,16 @@ class TrainingParts:
 
 def build_training(config: PretrainConfig, data: TrainingData, device: torch.device, world: int,
                    is_main: bool) -> TrainingParts:
-    """Method, precision (bf16 autocast on CUDA and on CPUs with native bf16 under ``auto``), channels_last (CNNs on CUDA under ``auto``),
+    """Method, precision (bf16 autocast on CUDA under ``auto``; opt-in on a CPU), channels_last (CNNs on CUDA under ``auto``),
     SyncBatchNorm under DDP on CUDA, optimizer with norm/bias exclusion, warm-up + cosine schedule, opt-in
     ``torch.compile`` of the backbone, and the DDP wrapper."""
     t = config.train
     method = build_method_for(config, data.image_size, data.in_chans)
     resolved = resolve_train(config)
     amp_dtype = autocast_dtype(t.precision, device)
+    if amp_dtype is not None and device.type == "cpu" and is_main and not cpu_has_native_bf16():
+        warnings.warn("train.precision='bf16' on a CPU without native bf16 (AVX512-BF16/AMX): oneDNN emulates it, "
+                      "slower than fp32; use precision='auto' or 'fp32' here")
     is_cnn = getattr(method.backbone, "kind", "cnn") == "cnn"
     channels_last = t.channels_last == "on" or (t.channels_last == "auto" and device.type == "cuda" and is_cnn)
     sync_bn = False
