@@ -76,20 +76,21 @@ def timed(batches, warmup: int, count: int, batch: int, device: torch.device) ->
     return count * batch / (time.perf_counter() - t0)
 
 
+def endless_views(batches, device: torch.device):
+    """The views of ``batches`` (MemoryBatches or StreamBatches), epoch after epoch, as the engine draws them."""
+    g = torch.Generator(device=device)
+    for epoch in range(10 ** 6):
+        for _, vb in batches.epoch(epoch, 0, g):
+            yield vb.views
+
+
 def bench_stream(root: Path, size: int, workers: int, batch: int, steps: int, warmup: int,
                  device: torch.device) -> float:
     aug = make_preset("simclr", size, mean=MEAN, std=STD)
     source = open_source("folder", "train", root=str(root), size=size, workers=workers)
     spe = len(source) // batch
     sb = StreamBatches(source, aug, 0, 0, 1, batch, spe, 10 ** 9, device)
-    g = torch.Generator(device=device)
-
-    def views():
-        for epoch in range(10 ** 6):
-            for _, vb in sb.epoch(epoch, 0, g):
-                yield vb.views
-
-    return timed(views(), warmup, steps, batch, device)
+    return timed(endless_views(sb, device), warmup, steps, batch, device)
 
 
 def bench_torchvision(root: Path, size: int, workers: int, batch: int, steps: int, warmup: int,
@@ -111,14 +112,7 @@ def bench_memory(root: Path, size: int, batch: int, steps: int, warmup: int, dev
     images = load("folder", root=str(root), size=size).images.to(device)
     mb = MemoryBatches(images, make_preset("simclr", size, mean=MEAN, std=STD), 0, 0, 1, batch,
                        images.shape[0] // batch)
-    g = torch.Generator(device=device)
-
-    def views():
-        for epoch in range(10 ** 6):
-            for _, vb in mb.epoch(epoch, 0, g):
-                yield vb.views
-
-    return timed(views(), warmup, steps, batch, device)
+    return timed(endless_views(mb, device), warmup, steps, batch, device)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from workbench.config import parse_pairs
@@ -60,7 +61,8 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         wide = table.pivot_table(index="name", columns="model", values="value", sort=False)
         print(wide.to_string(float_format=lambda v: f"{v:.4f}"))
-        print(f"\nsummary written to {args.run_dir}/summary.json")
+        if os.path.isdir(args.run_dir):  # a backbone spec (timm:..., a weights file) has no run folder to write
+            print(f"\nsummary written to {args.run_dir}/summary.json")
     return 0
 
 
