@@ -52,3 +52,96 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto" and device.type == "cuda":
         return torch.bfloat16
     return None
+
+
+# ------------------------------------------------------------------------------------------- host syncs
+class HostSyncCounter:
+    """Counts, while active (``with HostSyncCounter() as c``), the eager aten ops run and the host syncs among them:
+    ``.item()``/``bool()``/``float()`` of a tensor (``_local_scalar_dense``), ``nonzero``, boolean-mask indexing
+    and ``masked_select`` (data-dependent shapes), ``.tolist()``/``.cpu()``/``.numpy()`` (device -> host copies on a
+    GPU), ``equal``; and host -> device copies of Python data (``torch.tensor(...)``). On a CPU none of these wait,
+    but on a GPU each one stalls the host until the device catches up, so counting them on a CPU predicts a GPU's
+    idle time. ``ops`` total ops, ``syncs`` the sync count, ``h2d`` the copies, ``by_kind`` {kind: count};
+    ``sites`` {kind: {"file:line": count}} of the first frame in ``workbench/`` (where to look). Counting works on
+    any device; the counter is a TorchDispatchMode plus a TorchFunctionMode (ops inside torch.compile'd graphs
+    compiled by inductor are not seen)."""
+
+    SYNC_OPS = {"aten::_local_scalar_dense": "item/bool", "aten::nonzero": "nonzero",
+                "aten::masked_select": "masked_select", "aten::equal": "equal", "aten::_unique2": "unique",
+                "aten::unique_consecutive": "unique", "aten::unique_dim": "unique"}
+    HOST_METHODS = {"tolist", "cpu", "numpy"}
+
+    def __init__(self, sites: bool = True):
+        self.ops = 0
+        self.syncs = 0
+        self.h2d = 0
+        self.by_kind: dict[str, int] = {}
+        self.sites: dict[str, dict[str, int]] = {}
+        self._track_sites = sites
+        self._modes: list = []
+
+    def _site(self) -> str:
+        import sys
+
+        f = sys._getframe(2)
+        while f is not None:
+            name = f.f_code.co_filename
+            if "/workbench/" in name and not name.endswith("device.py"):
+                return f"{name.rsplit('/workbench/', 1)[1]}:{f.f_lineno}"
+            f = f.f_back
+        return "?"
+
+    def _op(self, name: str) -> None:
+        self.ops += 1
+
+    def _note(self, kind: str, sync: bool = True) -> None:
+        if sync:
+            self.syncs += 1
+        else:
+            self.h2d += 1
+        self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
+        if self._track_sites:
+            where = self.sites.setdefault(kind, {})
+            site = self._site()
+            where[site] = where.get(site, 0) + 1
+
+    def __enter__(self) -> "HostSyncCounter":
+        from torch.overrides import TorchFunctionMode
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+
+        class _Dispatch(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                name = func.name()
+                counter._op(name)
+                kind = counter.SYNC_OPS.get(name)
+                if kind is not None:
+                    counter._note(kind)
+                elif name in ("aten::index.Tensor", "aten::index_put_", "aten::index_put", "aten::_index_put_impl_"):
+                    idx = args[1] if len(args) > 1 else kwargs.get("indices", ())
+                    if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (idx or ())):
+                        counter._note("bool-index")
+                elif name == "aten::repeat_interleave.Tensor" and kwargs.get("output_size") is None:
+                    counter._note("repeat_interleave")
+                elif name == "aten::lift_fresh":
+                    counter._note("torch.tensor(data)", sync=False)
+                return func(*args, **kwargs)
+
+        class _Function(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                name = getattr(func, "__name__", "")
+                if name in counter.HOST_METHODS and args and isinstance(args[0], torch.Tensor):
+                    counter._note(f".{name}()")
+                return func(*args, **(kwargs or {}))
+
+        self._modes = [_Function(), _Dispatch()]
+        for m in self._modes:
+            m.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for m in reversed(self._modes):
+            m.__exit__(*exc)
+        self._modes = []
