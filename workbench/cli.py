@@ -54,6 +54,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue this run from its last checkpoint")
     p.add_argument("--config", default=None, metavar="JSON", help="start from this config.json (e.g. a run's)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted PretrainConfig overrides")
+    p.add_argument("--wait", action="store_true", help="with --executor: wait for the job, printing its epochs")
+    from workbench.executors import add_arguments
+    add_arguments(p, local=False)
     p.set_defaults(func=_cmd_pretrain)
 
 
@@ -103,6 +106,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         cfg = build_config(args)
     except ValueError as e:  # invalid values raised by a method's or augmentation's own checks
         raise ConfigError(str(e)) from None
+    if args.executor:
+        return _submit_pretrain(args, cfg)
     try:
         run = pretrain(cfg, resume=args.resume)
     except TrainingDiverged as e:
@@ -122,6 +127,60 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _submit_pretrain(args: argparse.Namespace, cfg) -> int:
+    """``workbench pretrain --executor slurm ...``: submit (nodes x GPUs per node tasks form one DDP run), print the
+    job and the run folder; with --wait follow its epochs until it ends."""
+    from workbench.config import to_dict
+    from workbench.executors import PretrainJob, from_args, submit_pretrain
+
+    ex = from_args(args, cfg.out)
+    world = ex.nodes * ex.tasks_per_node
+    if cfg.train.batch_size % world:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} (the global batch) must be divisible by the "
+                          f"{world} processes of --nodes {ex.nodes} x {ex.tasks_per_node} tasks per node")
+    if args.resume:
+        from pathlib import Path
+        run_dir = Path(args.resume).resolve()
+        job = ex.submit(PretrainJob(to_dict(cfg), run_dir))
+    else:
+        job, run_dir = submit_pretrain(cfg, ex)
+    print(f"submitted:  job {job.job_id} on {ex.describe()}")
+    print(f"run folder: {run_dir}   (executor.json there records the job; `workbench runs` lists it)")
+    print(f"log:        {job.paths.stdout}")
+    if not args.wait:
+        return 0
+    return _follow(job, run_dir)
+
+
+def _follow(job, run_dir) -> int:
+    """Print the run's epoch records as they appear until ``job`` ends; 0 when the run completed."""
+    import time
+
+    from workbench.runs import Run
+    seen = 0
+    run = Run(run_dir)
+    while True:
+        finished = job.done()
+        records = [r for r in run.metrics() if r.get("kind") == "epoch"] if run.path.exists() else []
+        for r in records[seen:]:
+            knn = f"  kNN {r['knn_acc']:.3f}" if isinstance(r.get("knn_acc"), float) else ""
+            print(f"epoch {r['epoch']}  loss {r['loss']:.4f}{knn}", file=sys.stderr, flush=True)
+        seen = len(records)
+        if finished:
+            break
+        time.sleep(2.0)
+    try:
+        job.result()
+    except Exception as e:
+        print(f"error: job {job.job_id} failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}",
+              file=sys.stderr)
+        print(f"log: {job.paths.stderr}", file=sys.stderr)
+        return 1
+    status = run.status
+    print(f"status:     {status.get('status')}  steps {status.get('step')}")
+    return 0 if status.get("status") == "completed" else 1
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -136,7 +195,10 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from workbench import __version__
+
     parser = _Parser(prog="workbench", description="SSL Workbench: self-supervised pretraining, evaluation, notebooks")
+    parser.add_argument("--version", action="version", version=f"ssl-workbench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_pretrain(sub)
     p = sub.add_parser("methods", help="list the methods with their default preset and optimizer recipe")

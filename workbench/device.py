@@ -145,3 +145,29 @@ class HostSyncCounter:
         for m in reversed(self._modes):
             m.__exit__(*exc)
         self._modes = []
+
+
+# ------------------------------------------------------------------------------------------- CUDA policy
+def configure_cuda(deterministic: bool = False) -> None:
+    """The training precision policy on CUDA (process-wide): cuDNN autotuning (``cudnn.benchmark``) unless
+    ``deterministic``; TF32 for float32 matmuls and convolutions of the model (``float32_matmul_precision="high"``:
+    10-bit mantissa inputs, fp32 accumulation; what the fp32 runs of every recipe here tolerate). Code that needs
+    IEEE float32 matmuls (the augmentation's resampling matrices, whose sums of weights must be 1 to ~1e-6) runs
+    under :func:`full_fp32`. Under bf16 autocast the model's matmuls are bf16 anyway."""
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
+
+
+class full_fp32:
+    """Context: float32 matmuls in full IEEE precision (no TF32) inside, the previous setting restored after."""
+
+    def __enter__(self) -> "full_fp32":
+        self._prev = torch.get_float32_matmul_precision()
+        if self._prev != "highest":
+            torch.set_float32_matmul_precision("highest")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._prev != "highest":
+            torch.set_float32_matmul_precision(self._prev)

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
+from workbench.device import full_fp32
+
 Params = dict[str, torch.Tensor]
 
 # order of colour-jitter ops in the recorded permutation (as torchvision ColorJitter's fn_idx)
@@ -31,8 +33,21 @@ JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
 
 # ----------------------------------------------------------------------------------------- random draws
 def _rand(generator: torch.Generator, shape: Sequence[int], device: torch.device) -> torch.Tensor:
-    """Uniform [0, 1) float32 of ``shape`` drawn on the generator's device, moved to ``device``."""
-    return torch.rand(tuple(shape), generator=generator, device=generator.device).to(device)
+    """Uniform [0, 1) float32 of ``shape`` drawn on the generator's device, moved to ``device`` (from a CPU generator
+    to a GPU through pinned memory, without blocking the host)."""
+    u = torch.rand(tuple(shape), generator=generator, device=generator.device)
+    return to_device(u, device)
+
+
+def to_device(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``x`` on ``device``; a CPU tensor goes to a CUDA device through pinned memory with ``non_blocking`` (a plain
+    ``.to`` from pageable memory makes the host wait for the device's queue)."""
+    device = torch.device(device)
+    if x.device == device or (x.device.type == device.type and device.index is None):
+        return x
+    if x.device.type == "cpu" and device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 def _uniform(generator: torch.Generator, n: int, low: float, high: float, device: torch.device) -> torch.Tensor:
@@ -57,8 +72,13 @@ def sample_crop_params(batch: int, height: int | torch.Tensor, width: int | torc
     depend on the sizes, so the same generator state gives the same boxes for same-size images either way.
     """
     device = torch.device(device)
-    H = torch.as_tensor(height, dtype=torch.float64, device=device).expand(batch)
-    W = torch.as_tensor(width, dtype=torch.float64, device=device).expand(batch)
+
+    def size(v: int | torch.Tensor) -> torch.Tensor:  # float64 [B]; a Python int is filled on the device (no copy)
+        if isinstance(v, torch.Tensor):
+            return v.to(device=device, dtype=torch.float64).expand(batch)
+        return torch.full((batch,), float(v), dtype=torch.float64, device=device)
+
+    H, W = size(height), size(width)
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     u = _rand(generator, (batch, attempts, 2), device).double()
     target_area = (H * W)[:, None] * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
@@ -115,9 +135,10 @@ def _separable(images: torch.Tensor, wy: torch.Tensor, wx: torch.Tensor) -> torc
     """
     B, C, H, W = images.shape
     oh, ow = wy.shape[1], wx.shape[1]
-    tmp = torch.bmm(images.reshape(B, C * H, W), wx.transpose(1, 2))  # [B, C*H, ow]
-    wyc = wy.repeat_interleave(C, dim=0) if C > 1 else wy  # [B*C, oh, H]
-    return torch.bmm(wyc, tmp.reshape(B * C, H, ow)).reshape(B, C, oh, ow)
+    with full_fp32():  # IEEE float32 even where the model's matmuls run in TF32 (workbench.device.configure_cuda)
+        tmp = torch.bmm(images.reshape(B, C * H, W), wx.transpose(1, 2))  # [B, C*H, ow]
+        wyc = wy.repeat_interleave(C, dim=0) if C > 1 else wy  # [B*C, oh, H]
+        return torch.bmm(wyc, tmp.reshape(B * C, H, ow)).reshape(B, C, oh, ow)
 
 
 def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: Sequence[int] | int,
@@ -131,11 +152,11 @@ def resized_crop(images: torch.Tensor, boxes: torch.Tensor, size: Sequence[int] 
     """
     oh, ow = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     _, _, H, W = images.shape
-    boxes = boxes.to(images.device)
+    boxes = to_device(boxes, images.device)
     wy = _axis_weights(boxes[:, 0], boxes[:, 2], H, oh, antialias)  # [B, oh, H]
     wx = _axis_weights(boxes[:, 1], boxes[:, 3], W, ow, antialias)  # [B, ow, W]
     if flip is not None:
-        wx = torch.where(flip.to(images.device)[:, None, None], wx.flip(1), wx)
+        wx = torch.where(to_device(flip, images.device)[:, None, None], wx.flip(1), wx)
     return _separable(images, wy.to(images.dtype), wx.to(images.dtype))
 
 
@@ -246,28 +267,35 @@ _ADJUST = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
 def apply_jitter(images: torch.Tensor, params: Params, inplace: bool = False) -> torch.Tensor:
-    """Replay recorded colour-jitter params (see ``color_jitter``) on a batch (``inplace``: overwrite it, no copy).
+    """Replay recorded colour-jitter params (see ``color_jitter``) on a batch (``inplace``: the batch may be
+    overwritten).
 
-    Pass k applies, to every selected sample, op ``order[b, k]``; each (pass, op) pair touches only
-    the samples that need it (index_select / index_copy_), so the work is one op per sample per pass.
+    Pass k applies, to every selected sample, op ``order[b, k]``. Brightness, contrast and saturation are one
+    blend ``clamp(x * r + other * (1 - r))`` (other = 0, the mean grey level, the grey image), so a pass is one
+    full-batch blend and one full-batch hue shift, each kept by a per-sample mask (``torch.where``): no host sync,
+    no data-dependent shape, the same values as applying each sample's op alone.
     """
     applied, order = params["jitter"], params["jitter_order"]
     factors = [params[name] for name in JITTER_OPS]
     identity = (1.0, 1.0, 1.0, 0.0)
-    if images.shape[1] == 1:  # saturation and hue are the identity on one channel
-        active = [(factors[o] != identity[o]) if o < 2 else torch.zeros_like(applied) for o in range(4)]
-    else:
-        active = [factors[o] != identity[o] for o in range(4)]
-    sel_all = torch.stack([applied[:, None] & (order == o) & active[o][:, None] for o in range(4)])  # [4, B, 4]
-    if not bool(sel_all.any()):
-        return images
-    out = images if inplace else images.clone()
+    one_channel = images.shape[1] == 1  # saturation and hue are the identity on one channel
+    ops = range(2) if one_channel else range(4)
+    active = {o: applied & (factors[o] != identity[o]) for o in ops}
+    out = images
     for k in range(4):
-        for o in range(4):
-            idx = sel_all[o, :, k].nonzero().squeeze(1)
-            if idx.numel() == 0:
-                continue
-            out.index_copy_(0, idx, _ADJUST[o](out.index_select(0, idx), factors[o].index_select(0, idx)))
+        step = order[:, k]
+        sel = {o: active[o] & (step == o) for o in ops}  # bool [B]: sample does op o in pass k
+        blend = sel[0] | sel[1] | (sel[2] if not one_channel else torch.zeros_like(sel[0]))
+        ratio = torch.where(sel[0], factors[0], torch.ones_like(factors[0]))
+        ratio = torch.where(sel[1], factors[1], ratio)
+        gray = grayscale(out)  # [B, 1, H, W]
+        other = torch.where(_col(sel[1]), gray.mean(dim=(1, 2, 3), keepdim=True), torch.zeros_like(gray[:, :, :1, :1]))
+        if not one_channel:
+            ratio = torch.where(sel[2], factors[2], ratio)
+            other = torch.where(_col(sel[2]), gray, other)
+        out = torch.where(_col(blend), _blend(out, other, ratio), out)
+        if not one_channel:
+            out = torch.where(_col(sel[3]), adjust_hue(out, factors[3]), out)
     return out
 
 
@@ -295,16 +323,13 @@ def color_jitter(images: torch.Tensor, p: float, brightness: float, contrast: fl
 
 def random_grayscale(images: torch.Tensor, p: float, generator: torch.Generator,
                      inplace: bool = False) -> tuple[torch.Tensor, Params]:
-    """RandomGrayscale(p): selected samples become 3-channel luma (``inplace``: overwrite the batch, no copy).
-    Returns (images, {"grayscale": bool [B]})."""
+    """RandomGrayscale(p): selected samples become 3-channel luma (a full-batch mask; ``inplace``: the batch may be
+    overwritten). Returns (images, {"grayscale": bool [B]})."""
     sel = _coin(generator, images.shape[0], p, images.device)
-    idx = sel.nonzero().squeeze(1)
-    if images.shape[1] == 1 or idx.numel() == 0:
+    if images.shape[1] == 1 or p <= 0.0:
         return images, {"grayscale": sel}
-    gray = grayscale(images.index_select(0, idx)).expand(-1, images.shape[1], -1, -1)
-    out = images if inplace else images.clone()
-    out.index_copy_(0, idx, gray)
-    return out, {"grayscale": sel}
+    gray = grayscale(images).expand(-1, images.shape[1], -1, -1)
+    return torch.where(_col(sel), gray, images), {"grayscale": sel}
 
 
 # ----------------------------------------------------------------------------------------- blur, solarize
@@ -378,12 +403,10 @@ def random_blur(images: torch.Tensor, p: float, sigma_range: Sequence[float], ke
     B, dev = images.shape[0], images.device
     sel = _coin(generator, B, p, dev)
     sigma = _uniform(generator, B, sigma_range[0], sigma_range[1], dev)
-    idx = sel.nonzero().squeeze(1)
-    out = images
-    if idx.numel() > 0:
-        out = images.clone()
-        out.index_copy_(0, idx, blur(images.index_select(0, idx), sigma.index_select(0, idx), kernel_size))
-    return out, {"blur": sel, "sigma": sigma}
+    if p <= 0.0:  # decided by the config, not the draws: no host sync
+        return images, {"blur": sel, "sigma": sigma}
+    # the whole batch is blurred and the selected samples kept (a mask, not a subset: no host sync)
+    return torch.where(_col(sel), blur(images, sigma, kernel_size), images), {"blur": sel, "sigma": sigma}
 
 
 def solarize(images: torch.Tensor, threshold: float, selected: torch.Tensor | None = None) -> torch.Tensor:
@@ -398,7 +421,7 @@ def random_solarize(images: torch.Tensor, p: float, threshold: float,
                     generator: torch.Generator) -> tuple[torch.Tensor, Params]:
     """RandomSolarize(threshold, p): (images, {"solarize": bool [B]})."""
     sel = _coin(generator, images.shape[0], p, images.device)
-    if not bool(sel.any()):
+    if p <= 0.0:  # decided by the config, not the draws: no host sync
         return images, {"solarize": sel}
     return solarize(images, threshold, sel), {"solarize": sel}
 
@@ -419,6 +442,20 @@ def normalize_float(images: torch.Tensor, mean: Sequence[float], std: Sequence[f
     if len(mean) not in (1, C) or len(std) not in (1, C):
         raise ValueError(f"normalize: mean {tuple(mean)} / std {tuple(std)} must have 1 or {C} values "
                          f"for {C}-channel images")
-    m = torch.tensor(mean, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=images.dtype, device=images.device).reshape(1, -1, 1, 1)
+    m, s = _stats_tensors(tuple(float(v) for v in mean), tuple(float(v) for v in std), images.dtype, images.device)
     return (images.sub_(m) if inplace else images.sub(m)).div_(s)
+
+
+_CONSTANTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _stats_tensors(mean: tuple[float, ...], std: tuple[float, ...], dtype: torch.dtype,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """mean/std as [1, C, 1, 1] tensors, built once per (values, dtype, device): a host -> device copy per call
+    would make every view wait for the copy on a GPU."""
+    key = (mean, std, dtype, device)
+    hit = _CONSTANTS.get(key)
+    if hit is None:
+        hit = _CONSTANTS[key] = (torch.tensor(mean, dtype=dtype, device=device).reshape(1, -1, 1, 1),
+                                 torch.tensor(std, dtype=dtype, device=device).reshape(1, -1, 1, 1))
+    return hit

@@ -114,7 +114,7 @@ def finish_views(crops: list[torch.Tensor], geometry: list[Params], config: Augm
     for view, x, g in zip(config.views, crops, geometry):
         out, p = apply_colour(ops.to_float(x), view, generator)
         views.append(ops.normalize_float(out, config.mean, config.std, inplace=True))  # out is our own tensor
-        params.append({**{k: v.to(out.device) for k, v in g.items()}, **p})
+        params.append({**{k: ops.to_device(v, out.device) for k, v in g.items()}, **p})
     return ViewBatch(views=views, params=params, num_global=config.num_global)
 
 

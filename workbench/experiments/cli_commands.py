@@ -67,9 +67,12 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     import pandas as pd
     from .sweep import sweep
+    from ..executors import from_args
     fixed = {name: value for name, value in (args.parameter or [])}
+    executor = from_args(args, args.dir, jobs=args.jobs)
     table = sweep(args.notebook, _parse_grid(args.grid or []), runs_dir=args.dir, jobs=args.jobs, name=args.name,
-                  parameters=fixed, coerce_strings=True, timeout=args.timeout)
+                  parameters=fixed, coerce_strings=True, timeout=args.timeout, executor=executor,
+                  progress=_progress(args))
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 60):
         print(table.to_string(index=False))
     return 0 if (table["status"] == "completed").all() else 1
@@ -138,9 +141,13 @@ def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
     p = subparsers.add_parser("sweep", help="run a notebook over a parameter grid (resumable)")
     p.add_argument("notebook")
     p.add_argument("--grid", action="append", metavar="NAME=V1,V2", help="one grid axis (repeatable)")
-    p.add_argument("--jobs", type=int, default=1, help="notebooks executed at once (processes)")
+    p.add_argument("--jobs", type=int, default=None, help="notebooks executed at once (local: processes, default "
+                   "one per GPU; slurm: array jobs at once); without --executor, N > 1 means --executor local")
     p.add_argument("--name", default=None, help="sweep name recorded in each run's parameters.json")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     common(p)
+    from ..executors import add_arguments
+    add_arguments(p)
     p.set_defaults(func=_cmd_sweep)
 
     p = subparsers.add_parser("runs", help="list recorded runs (leaderboard) or compare runs side by side")

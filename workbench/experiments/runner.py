@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..config import ConfigError, parse_value
+from ..executors import record_job
 from ..runs import Run, atomic_write_json
 from .records import ENV_DISPLAY, ENV_RUN_DIR, PARAMETERS_FILE, _plain
 from .table import HEADLINE
@@ -386,6 +387,7 @@ def run_notebook(path: str | os.PathLike, parameters: Mapping[str, Any] | None =
     method = values.get("method") if isinstance(values.get("method"), str) else stem
     data = values.get("data") if isinstance(values.get("data"), str) else "notebook"
     run = Run.create(runs_dir, _slug(method), _slug(data), name=name)
+    record_job(run)  # under an executor (sweep job, SLURM array task): job id, slot, log files -> executor.json
     record = {"notebook": stem, "source_path": str(path.resolve()), "parameters": _plain(values),
               "given": _plain(dict(parameters or {})), "kernel": kernel, "tag": tag}
     atomic_write_json(run.path / PARAMETERS_FILE, record)

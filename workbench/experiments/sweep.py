@@ -1,13 +1,11 @@
 """Parameter sweeps over a notebook: the product of a grid, one recorded run per combination, resumable."""
 from __future__ import annotations
 
-import concurrent.futures as cf
 import itertools
 import json
-import multiprocessing
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ..runs import Run, list_runs
 from .records import read_parameters
@@ -57,20 +55,26 @@ def _execute(path: str, values: dict[str, Any], runs_dir: str, tag: str | None, 
     return str(run.path)
 
 
-def sweep(path: str | os.PathLike, grid: Mapping[str, list], runs_dir: str | os.PathLike = "runs", jobs: int = 1,
+def sweep(path: str | os.PathLike, grid: Mapping[str, list], runs_dir: str | os.PathLike = "runs", jobs: int | None = None,
           name: str | None = None, parameters: Mapping[str, Any] | None = None,
-          timeout: float | None = DEFAULT_TIMEOUT, coerce_strings: bool = False):
+          timeout: float | None = DEFAULT_TIMEOUT, coerce_strings: bool = False, executor: Any = None,
+          progress: Callable[[str], None] | None = None):
     """Run notebook ``path`` once per combination of ``grid`` (fixed ``parameters`` apply to all).
 
     Every combination is validated before any runs. Combinations already completed under ``runs_dir`` (same
     notebook, same full parameters) are skipped, so a sweep killed halfway resumes; a failing combination is
-    recorded as failed and the others go on. ``jobs > 1`` runs combinations in that many processes.
+    recorded as failed and the others go on. Where they run (``workbench.executors``): ``executor=None`` without
+    ``jobs`` in this process one after another; ``"local"`` (or ``jobs > 1``) in local processes with a GPU or a
+    share of the CPU cores each (``jobs`` at once; default one per GPU); ``"slurm"`` as one SLURM job array through submitit (``jobs``: array
+    jobs at once); or an executor object (``LocalExecutor(...)``, ``SlurmExecutor(...)``). ``progress`` (e.g.
+    ``print``) receives a line as each combination starts (in this process) or finishes.
     Returns a pandas DataFrame, one row per combination: run, status, skipped, the grid values, error, and
     the numeric metrics of each run's summary.
     """
     import pandas as pd
 
-    path = Path(path)
+    path = Path(path).resolve()
+    runs_dir = Path(runs_dir).resolve()
     spec = notebook_parameters(path)
     fixed = dict(parameters or {})
     points = []
@@ -80,29 +84,62 @@ def sweep(path: str | os.PathLike, grid: Mapping[str, list], runs_dir: str | os.
         points.append((point, given, full))
 
     done = completed_runs(runs_dir, path.stem)
-    results: list[tuple[dict, str, bool]] = []
+    results: list[tuple[dict, str | None, bool, str | None]] = []
     todo = []
     for point, given, full in points:
         key = _key(full)
         if key in done:
-            results.append((point, str(done[key].path), True))
+            results.append((point, str(done[key].path), True, None))
         else:
             todo.append((point, full))
-    if jobs <= 1 or len(todo) <= 1:
-        for point, full in todo:
-            results.append((point, _execute(str(path), full, str(runs_dir), name, timeout), False))
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with cf.ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx) as pool:
-            futures = {pool.submit(_execute, str(path), full, str(runs_dir), name, timeout): point
-                       for point, full in todo}
-            for fut in cf.as_completed(futures):
-                results.append((futures[fut], fut.result(), False))
+    say = progress or (lambda line: None)
+    if todo and (len(points) - len(todo)):
+        say(f"sweep: {len(points) - len(todo)} of {len(points)} combination(s) already completed, skipped")
+    label = lambda point: " ".join(f"{k}={v}" for k, v in point.items())  # noqa: E731
+    if executor is None and (not jobs or jobs <= 1 or len(todo) <= 1):
+        for i, (point, full) in enumerate(todo, 1):
+            say(f"sweep [{i}/{len(todo)}] {label(point)}: running")
+            run_path = _execute(str(path), full, str(runs_dir), name, timeout)
+            say(f"sweep [{i}/{len(todo)}] {label(point)}: {Run(run_path).status.get('status')}  {run_path}")
+            results.append((point, run_path, False, None))
+    elif todo:
+        from ..executors import make_executor, wait
+
+        ex = make_executor(executor, jobs=jobs)
+        say(f"sweep: {len(todo)} combination(s) on {ex.describe() if hasattr(ex, 'describe') else ex}")
+        try:
+            futures = ex.submit_all([(_execute, (str(path), full, str(runs_dir), name, timeout)) for _, full in todo])
+            index = {id(f): i for i, f in enumerate(futures)}
+
+            def finished(count: int, total: int, fut: Any) -> None:
+                point = todo[index[id(fut)]][0]
+                try:
+                    run_path = fut.result()
+                    state = Run(run_path).status.get("status")
+                except Exception as e:  # the job itself died (killed, out of memory, cancelled)
+                    run_path, state = None, f"job failed ({type(e).__name__})"
+                job = getattr(fut, "job_id", None)
+                say(f"sweep [{count}/{total}] {label(point)}: {state}" + (f"  job {job}" if job else "")
+                    + (f"  {run_path}" if run_path else ""))
+
+            wait(futures, progress=finished)
+        finally:
+            ex_shutdown = getattr(ex, "shutdown", None)
+            if ex_shutdown is not None and ex is not executor:
+                ex_shutdown()
+        for (point, _), fut in zip(todo, futures):
+            try:
+                results.append((point, fut.result(), False, None))
+            except Exception as e:
+                results.append((point, None, False, f"{type(e).__name__}: {str(e).strip().splitlines()[-1:]}"))
 
     order = {_key(p): i for i, (p, _, _) in enumerate(points)}
     results.sort(key=lambda r: order[_key(r[0])])
     rows = []
-    for point, run_path, skipped in results:
+    for point, run_path, skipped, job_error in results:
+        if run_path is None:
+            rows.append({"run": None, "status": "failed", "skipped": False, **point, "error": job_error})
+            continue
         run = Run(run_path)
         status = run.status
         row: dict[str, Any] = {"run": run_path, "status": status.get("status"), "skipped": skipped, **point,

@@ -152,8 +152,9 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     t_params, s_params = list(teacher.parameters()), list(student.parameters())
     torch._foreach_mul_(t_params, momentum)
     torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
-    for tb, sb in zip(teacher.buffers(), student.buffers()):
-        tb.copy_(sb)
+    t_bufs, s_bufs = list(teacher.buffers()), list(student.buffers())
+    if t_bufs:
+        torch._foreach_copy_(t_bufs, s_bufs)
 
 
 def cosine_momentum(base: float, progress: Progress, final: float = 1.0) -> float:
@@ -164,12 +165,37 @@ def cosine_momentum(base: float, progress: Progress, final: float = 1.0) -> floa
 
 
 def gather(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` [B, ...] from all ranks along dim 0, keeping gradients (identity on one process)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        import torch.distributed.nn.functional as dist_fn
+    """Concatenate ``x`` [B, ...] from all ranks along dim 0, keeping gradients (identity on one process).
 
-        return torch.cat(dist_fn.all_gather(x), dim=0)
+    Torch's functional collective with autograd (``all_gather_tensor_autograd``: the backward reduce-scatters the
+    gradient, each rank receiving the sum over ranks for its own rows); it traces under torch.compile, where the
+    deprecated ``torch.distributed.nn.functional.all_gather`` raises."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        import torch.distributed._functional_collectives as fc
+
+        return fc.all_gather_tensor_autograd(x.contiguous(), gather_dim=0, group=dist.group.WORLD)
     return x
+
+
+def all_reduce(x: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """``x`` summed (``op="sum"``) or maxed (``"max"``) over the ranks, as a new tensor (``x`` itself on one
+    process); a functional collective, so it traces under torch.compile. No gradient flows through it."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        import torch.distributed._functional_collectives as fc
+
+        return fc.all_reduce(x, op, group=dist.group.WORLD)
+    return x
+
+
+def mean_off_diagonal(m: torch.Tensor) -> torch.Tensor:
+    """Mean of the entries of ``m`` [T, S] off its main diagonal (pairs (t, s) with t != s), by arithmetic on the
+    whole matrix: no boolean indexing, so no host sync and no data-dependent shape. Raises ValueError when there
+    is no such entry (one view)."""
+    t, s = m.shape
+    pairs = t * s - min(t, s)
+    if pairs == 0:
+        raise ValueError("the loss needs at least two views (pairs of the same view are skipped)")
+    return (m.sum() - torch.diagonal(m).sum()) / pairs
 
 
 def rank() -> int:

@@ -19,13 +19,12 @@ import copy
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 from workbench.config import check_range
-from workbench.methods.base import (Batch, Method, Progress, Recipe, StepOutput, cosine_momentum, ema_update,
-                                    register)
+from workbench.methods.base import (Batch, Method, Progress, Recipe, StepOutput, all_reduce, cosine_momentum,
+                                    ema_update, mean_off_diagonal, register, world_size)
 
 
 @dataclass
@@ -82,11 +81,15 @@ class DINOHead(nn.Module):
         self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)  # direction v of weight_norm(g=1)
 
     def forward(self, x: torch.Tensor, freeze_last_layer: bool = False) -> torch.Tensor:
-        z = F.normalize(self.mlp(x), dim=-1)
+        h = self.mlp(x)
         v = self.last_layer.weight
         if freeze_last_layer:
             v = zero_grad_view(v)
-        return F.linear(z, F.normalize(v, dim=1))
+        # the weight-normalised layer in float32 even under bf16 autocast: its outputs are cosines that the loss
+        # divides by a temperature of 0.04 (bf16 rounds a cosine to ~4e-3, a logit error of ~0.1)
+        with torch.autocast(x.device.type, enabled=False):
+            z = F.normalize(h.float(), dim=-1)
+            return F.linear(z, F.normalize(v.float(), dim=1))
 
 
 def zero_grad_view(p: torch.Tensor) -> torch.Tensor:
@@ -112,21 +115,17 @@ def dino_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, center: torc
         t = F.softmax((teacher_out.detach().float() - center.float()) / teacher_temp, dim=-1)
         s = F.log_softmax(student_out.float() / student_temp, dim=-1)
         ce = -torch.einsum("tbk,sbk->ts", t, s) / s.shape[1]  # [T, S] mean cross-entropy per pair
-    off = ~torch.eye(t.shape[0], s.shape[0], dtype=torch.bool, device=ce.device)
-    if not off.any():
-        raise ValueError("dino_loss needs at least two views (pairs of the same view are skipped)")
-    return ce[off].mean()
+    try:
+        return mean_off_diagonal(ce)
+    except ValueError:
+        raise ValueError("dino_loss needs at least two views (pairs of the same view are skipped)") from None
 
 
 @torch.no_grad()
 def batch_center(teacher_out: torch.Tensor) -> torch.Tensor:
     """Mean teacher output over views and the global batch: [T, B, K] -> [1, K] (all-reduced across ranks)."""
-    total = teacher_out.float().sum(dim=(0, 1)).unsqueeze(0)
-    count = teacher_out.shape[0] * teacher_out.shape[1]
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(total)
-        count *= dist.get_world_size()
-    return total / count
+    total = all_reduce(teacher_out.float().sum(dim=(0, 1)).unsqueeze(0))
+    return total / (teacher_out.shape[0] * teacher_out.shape[1] * world_size())
 
 
 def multicrop_pooled(backbone: nn.Module, views: list[torch.Tensor]) -> torch.Tensor:

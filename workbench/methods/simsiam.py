@@ -49,6 +49,7 @@ class SimSiamConfig:
     direct_pred: bool = False  # True: DirectPred's linear predictor set from the eigenbasis of E[z z^T]
     direct_pred_rho: float = 0.3
     direct_pred_eps: float = 0.01
+    direct_pred_every: int = 1  # set the predictor every this many steps (DirectPred's update frequency)
 
     def __post_init__(self) -> None:
         o = "SimSiamConfig"
@@ -59,15 +60,21 @@ class SimSiamConfig:
                 raise ConfigError(f"{o}.{name}={getattr(self, name)!r} must be true or false")
         check_range(o, "direct_pred_rho", self.direct_pred_rho, 0.0, 1.0, high_inclusive=False)
         check_range(o, "direct_pred_eps", self.direct_pred_eps, 0.0)
+        check_range(o, "direct_pred_every", self.direct_pred_every, 1)
         if self.direct_pred and not self.predictor:
             raise ConfigError(f"{o}.direct_pred=True sets the predictor directly; it needs predictor=True")
 
 
 def direct_pred_weight(corr: torch.Tensor, eps: float = 0.01) -> torch.Tensor:
-    """DirectPred's predictor from a correlation matrix [d, d]: U diag(sqrt(s / max s) + eps) U^T (float32)."""
-    s, u = torch.linalg.eigh(corr.double())
-    p = (s.clamp_min(0) / s.max().clamp_min(1e-12)).sqrt() + eps
-    return (u @ torch.diag(p.clamp_min(1e-4)) @ u.T).float()
+    """DirectPred's predictor from a correlation matrix [d, d]: U diag(sqrt(s / max s) + eps) U^T (float32).
+
+    The eigendecomposition runs in float32 with autocast off (solo-learn's precision; float64 made a 2048 x 2048
+    ``eigh`` the slowest op of a GPU step): eigenvalues below ~1e-7 of the largest are noise either way, and the
+    predictor's spectrum is floored at ``eps``."""
+    with torch.autocast(corr.device.type, enabled=False):
+        s, u = torch.linalg.eigh(corr.float())
+        p = (s.clamp_min(0) / s.max().clamp_min(1e-12)).sqrt() + eps
+        return (u * p.clamp_min(1e-4)) @ u.T
 
 
 def negative_cosine_loss(p: torch.Tensor, z: torch.Tensor, stop_gradient: bool = True) -> torch.Tensor:
@@ -109,17 +116,23 @@ class SimSiam(Method):
         sg = self.config.stop_gradient
         loss = negative_cosine_loss(p1, z2, sg) / 2 + negative_cosine_loss(p2, z1, sg) / 2
         if self.config.direct_pred and self.training:  # F <- rho F + (1 - rho) E[z z^T] over both views
-            z = torch.cat([z1, z2]).detach().float()
-            rho = self.config.direct_pred_rho if self.corr.abs().sum() > 0 else 0.0
-            self.corr.mul_(rho).add_(z.T @ z / z.shape[0], alpha=1 - rho)
+            with torch.no_grad(), torch.autocast(z1.device.type, enabled=False):  # z^T z in float32 under bf16
+                z = torch.cat([z1, z2]).detach().float()
+                # rho = 0 on the first update (F still zero), chosen on the device: no host sync
+                rho = torch.where(self.corr.abs().sum() > 0, self.config.direct_pred_rho, 0.0)
+                self.corr.mul_(rho).add_((z.T @ z / z.shape[0]) * (1 - rho))
         z_std = F.normalize(z1.detach().float(), dim=1).std(dim=0).mean()  # collapse alarm: ~1/sqrt(d) if healthy
         return StepOutput(loss, f1.detach(), {"z_std": z_std})
 
     @torch.no_grad()
     def update_teacher(self, progress: Progress) -> None:
-        """DirectPred: after each optimizer step, set the predictor from the current correlation estimate."""
-        if self.config.direct_pred and self.corr.abs().sum() > 0:
-            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                dist.all_reduce(self.corr)  # every rank's EMA is linear in its batches: average them
-                self.corr.div_(dist.get_world_size())
-            self.predictor.weight.copy_(direct_pred_weight(self.corr, self.config.direct_pred_eps))
+        """DirectPred: every ``direct_pred_every`` optimizer steps, set the predictor from the current correlation
+        estimate (the ranks' estimates averaged first: each rank's EMA is linear in its batches, so averaging them
+        now equals averaging at every step)."""
+        c = self.config
+        if not c.direct_pred or progress.step % c.direct_pred_every:
+            return
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(self.corr)
+            self.corr.div_(dist.get_world_size())
+        self.predictor.weight.copy_(direct_pred_weight(self.corr, c.direct_pred_eps))

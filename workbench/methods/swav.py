@@ -19,12 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 from workbench.config import check_range
-from workbench.methods.base import Batch, Method, Progress, Recipe, StepOutput, register, world_size
+from workbench.methods.base import (Batch, Method, Progress, Recipe, StepOutput, all_reduce, mean_off_diagonal, register,
+                                    world_size)
 from workbench.methods.dino import multicrop_pooled, zero_grad_view
 from workbench.models.heads import mlp
 
@@ -54,27 +54,22 @@ class SwAVConfig:
         check_range(o, "queue_start_epoch", self.queue_start_epoch, 0)
 
 
-def _all_reduce(x: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(x, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
-    return x
-
-
 @torch.no_grad()
 def sinkhorn(scores: torch.Tensor, iterations: int = 3, epsilon: float = 0.05) -> torch.Tensor:
     """Soft codes of ``scores`` [N, K] (sample-prototype similarities) by Sinkhorn-Knopp, in float32 over the
     global batch (sums all-reduced across ranks). Returns Q [N, K]: each row sums to 1; each prototype's
     column sum tends to N_global / K (equipartition) as ``iterations`` grows."""
-    s = scores.detach().float()
-    shift = _all_reduce(s.max().clone(), "max")  # a global constant: cancels in the normalisation
-    q = torch.exp((s - shift) / epsilon).t()  # [K, N]
-    k, n = q.shape
-    n_global = n * world_size()
-    q /= _all_reduce(q.sum())
-    for _ in range(iterations):
-        q /= _all_reduce(q.sum(dim=1, keepdim=True)) * k  # each prototype gets mass 1/K
-        q /= q.sum(dim=0, keepdim=True) * n_global  # each sample gets mass 1/N
-    return (q * n_global).t()
+    with torch.autocast(scores.device.type, enabled=False):
+        s = scores.detach().float()
+        shift = all_reduce(s.max(), "max")  # a global constant: cancels in the normalisation
+        q = torch.exp((s - shift) / epsilon).t()  # [K, N]
+        k, n = q.shape
+        n_global = n * world_size()
+        q = q / all_reduce(q.sum())
+        for _ in range(iterations):
+            q = q / (all_reduce(q.sum(dim=1, keepdim=True)) * k)  # each prototype gets mass 1/K
+            q = q / (q.sum(dim=0, keepdim=True) * n_global)  # each sample gets mass 1/N
+        return (q * n_global).t()
 
 
 def swav_loss(scores: torch.Tensor, codes: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
@@ -83,10 +78,15 @@ def swav_loss(scores: torch.Tensor, codes: torch.Tensor, temperature: float = 0.
     with torch.autocast(scores.device.type, enabled=False):  # float32 under bf16 autocast
         logp = F.log_softmax(scores.float() / temperature, dim=-1)
         ce = -torch.einsum("gbk,vbk->gv", codes.float(), logp) / scores.shape[1]  # [G, V]
-    off = ~torch.eye(codes.shape[0], scores.shape[0], dtype=torch.bool, device=ce.device)
-    if not off.any():
-        raise ValueError("swav_loss needs at least two crops (a crop does not predict its own code)")
-    return ce[off].mean()
+    try:
+        return mean_off_diagonal(ce)
+    except ValueError:
+        raise ValueError("swav_loss needs at least two crops (a crop does not predict its own code)") from None
+
+
+def _read_fill(module: "SwAV", keys: object) -> None:
+    """After loading: the queue's fill count back into the Python int the loop reads (one sync, at load)."""
+    module._fill = int(module.queue_fill)
 
 
 @register
@@ -103,8 +103,14 @@ class SwAV(Method):
         c = config
         self.projector = mlp(backbone.feature_dim, c.hidden_dim, c.out_dim, 2)
         self.prototypes = nn.Linear(c.out_dim, c.num_prototypes, bias=False)
-        # per-rank queue of past normalised embeddings of the global crops (2 of them; more are not queued)
+        # per-rank queue of past normalised embeddings of the global crops (2 of them; more are not queued), newest
+        # first; ``queue_fill`` rows of it hold embeddings (a Python int in the loop, no host sync; the buffer
+        # carries it in checkpoints). Loading adapts a queue saved under another world size (see _adapt_queue).
         self.register_buffer("queue", torch.zeros(2, c.queue_length // world_size(), c.out_dim))
+        self.register_buffer("queue_fill", torch.zeros((), dtype=torch.long))
+        self._fill = 0
+        self._register_load_state_dict_pre_hook(self._adapt_queue)
+        self.register_load_state_dict_post_hook(_read_fill)
 
     def training_step(self, batch: Batch, progress: Progress) -> StepOutput:
         c = self.config
@@ -119,21 +125,43 @@ class SwAV(Method):
             w = zero_grad_view(w)
         with torch.autocast(z.device.type, enabled=False):  # scores / epsilon are exponentiated: keep float32
             scores = (z.float() @ w.float().t()).reshape(v, b, -1)
-        codes = torch.stack([self._codes(i, scores[i], z[i * b:(i + 1) * b], epoch) for i in range(batch.num_global)])
+        use_queue = self.training and self.queue.shape[1] >= b and epoch >= c.queue_start_epoch
+        full = use_queue and self._fill >= self.queue.shape[1]  # decided on the host: no sync
+        codes = torch.stack([self._codes(i, scores[i], z[i * b:(i + 1) * b], use_queue, full)
+                             for i in range(batch.num_global)])
+        if use_queue:
+            self._fill = min(self.queue.shape[1], self._fill + b)
+            self.queue_fill.fill_(self._fill)
         loss = swav_loss(scores, codes, c.temperature)
         return StepOutput(loss, feats[0].detach(), {})
 
     @torch.no_grad()
-    def _codes(self, i: int, scores: torch.Tensor, z: torch.Tensor, epoch: float) -> torch.Tensor:
-        """Sinkhorn codes of global crop ``i`` [B, K], with queued embeddings' scores prepended when in use."""
+    def _codes(self, i: int, scores: torch.Tensor, z: torch.Tensor, use_queue: bool, full: bool) -> torch.Tensor:
+        """Sinkhorn codes of global crop ``i`` [B, K], with queued embeddings' scores prepended when full."""
         c, b = self.config, scores.shape[0]
-        use_queue = self.training and i < self.queue.shape[0] and self.queue.shape[1] >= b \
-            and epoch >= c.queue_start_epoch
-        if not use_queue:
+        if not use_queue or i >= self.queue.shape[0]:
             return sinkhorn(scores, c.sinkhorn_iterations, c.epsilon)
         q = self.queue[i]
-        if bool(q[-1].any()):  # the queue is full: its scores join the Sinkhorn batch
-            scores = torch.cat([q @ self.prototypes.weight.float().t(), scores])
+        if full:  # the queue's scores join the Sinkhorn batch, in float32 (they are exponentiated / epsilon)
+            with torch.autocast(scores.device.type, enabled=False):
+                scores = torch.cat([q.float() @ self.prototypes.weight.float().t(), scores.float()])
         q[b:] = q[:-b].clone()
         q[:b] = z.detach()
         return sinkhorn(scores, c.sinkhorn_iterations, c.epsilon)[-b:]
+
+    def _adapt_queue(self, state_dict: dict, prefix: str, *args: object) -> None:
+        """Make a saved queue fit this process: a queue saved under another world size (its per-rank length is
+        ``queue_length // world``) keeps its newest rows that fit, zero rows after them; a checkpoint without
+        ``queue_fill`` (older runs) counts the queue's non-zero rows."""
+        key, fill_key = prefix + "queue", prefix + "queue_fill"
+        saved = state_dict.get(key)
+        if saved is None:
+            return
+        if fill_key not in state_dict:
+            state_dict[fill_key] = (saved[0].abs().sum(dim=-1) > 0).sum()
+        if saved.shape[1] != self.queue.shape[1] and saved.shape[::2] == self.queue.shape[::2]:
+            rows = min(saved.shape[1], self.queue.shape[1])
+            fitted = torch.zeros(self.queue.shape, dtype=saved.dtype, device=saved.device)
+            fitted[:, :rows] = saved[:, :rows]
+            state_dict[key] = fitted
+            state_dict[fill_key] = torch.clamp(torch.as_tensor(state_dict[fill_key]), max=rows)

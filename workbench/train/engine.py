@@ -34,17 +34,32 @@ import torch
 import torch.distributed as dist
 
 from workbench.config import ConfigError, from_dict, to_dict
-from workbench.device import resolve_device
+from workbench.device import configure_cuda, resolve_device
 from workbench.runs import Run, RunLock
 from workbench.train.checkpoint import (ResumeState, apply_rng, finite_state, load_resume_state, numbered_name,
                                         save_checkpoint, trim_metrics)
 from workbench.train.config import PretrainConfig, augment_config
-from workbench.train.setup import build_training, describe, init_distributed, prepare_data, resume_config
+from workbench.train.setup import build_training, describe, init_distributed, mix_seed, prepare_data, resume_config
 
 
 HEARTBEAT_S = 10.0            # the running status (step, heartbeat time) is rewritten at most this often
 COLLAPSE_STD_RATIO = 0.01     # embeddings count as collapsed when std * sqrt(dim) falls below this (spread: ~1)
 CONSTANT_LOSS_RTOL = 1e-6     # an epoch's loss "has not moved" when max - min <= this * max(1, |mean|)
+
+
+GLOBAL_RNG = 4               # mix_seed's last argument for the global RNG of a step (dropout, drop-path)
+FAILED_KEY = "workbench/failed"  # the process group's store key a failing rank writes its cause to
+
+
+def seed_step(seed: int, rank: int, step: int) -> None:
+    """Seed torch's global RNG (CPU and every CUDA device) for ``step`` on ``rank``: what a step draws from it
+    (dropout, drop-path) depends only on (seed, rank, step), differs between ranks, and needs no saved RNG state to
+    resume, under any world size. Seeding is host-side bookkeeping: no device sync."""
+    torch.manual_seed(mix_seed(seed, rank, step, GLOBAL_RNG))
+
+
+class RankFailed(RuntimeError):
+    """Another rank of a DDP run failed; the message carries its cause (rank, exception type and message)."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -110,6 +125,10 @@ class Trainer:
             raise ConfigError(f"pretrain: config must be a PretrainConfig or a dict, got {type(config).__name__}")
         self.rank, self.world, self.local_rank = init_distributed(self.config.train.device)
         self.is_main = self.rank == 0
+        if self.is_main and self.config.train.loggers:  # train.loggers: TensorBoard / MLflow callbacks
+            from workbench.train.loggers import make_loggers
+            given = {getattr(cb, "name", None) for cb in self.callbacks}
+            self.callbacks += [cb for cb in make_loggers(self.config.train.loggers) if cb.name not in given]
         self.step = None
         c = self.config
         if self.is_main and self.resume_run is None and c.name is not None and (Path(c.out) / c.name).exists():
@@ -188,7 +207,7 @@ class Trainer:
             self._release()
             raise
         cuda = self.device.type == "cuda" and torch.cuda.is_available()
-        self._rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else None}
+        self._rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(self.device) if cuda else None}
         self._prepared = True
         return self
 
@@ -240,9 +259,9 @@ class Trainer:
         if self.world > 1 and t.batch_size % self.world:
             raise ConfigError(f"train.batch_size={t.batch_size} (the global batch) must be divisible by the number "
                               f"of processes {self.world}")
-        if t.deterministic and self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = False
-        torch.manual_seed(t.seed)
+        if self.device.type == "cuda":
+            configure_cuda(deterministic=t.deterministic)
+        torch.manual_seed(t.seed)  # the model's initialisation: the same on every rank
         self.data = prepare_data(c, self.device, with_monitor=self.is_main and t.knn_every > 0)
         self.parts = build_training(c, self.data, self.device, self.world, self.is_main)
         self.info = describe(c, self.data, self.parts, self.device, self.world)
@@ -333,13 +352,9 @@ class Trainer:
         return count
 
     def _stop_flag(self) -> bool:
-        """stop() or a signal on any rank (all-reduced under DDP, so every rank stops at the same step)."""
-        stop = self._stop.is_set()
-        if self.world > 1:
-            flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop = bool(flag.item() > 0)
-        return stop
+        """stop() or a signal: on one process at once; under DDP the flags of all ranks are combined on check steps
+        (``_check``), so every rank stops at the same step without a collective per step."""
+        return self._stop.is_set() if self.world == 1 else False
 
     def _knn(self) -> float | None:
         d = self.data
@@ -356,11 +371,35 @@ class Trainer:
         return knn_accuracy(train_f, d.knn_train_labels.to(self.device), test_f, d.knn_test_labels.to(self.device),
                             k=self.config.train.knn_k, temperature=0.07)
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        ok = torch.isfinite(loss.detach().float()).all().to(torch.float32).reshape(1)
+    def _note_finite(self, loss: torch.Tensor) -> None:
+        """Record on the device (no host sync) the first step whose loss is not finite, and its value."""
+        value = loss.detach().float()
+        newly = ~torch.isfinite(value) & (self._bad_step < 0)
+        self._bad_step = torch.where(newly, float(self.step), self._bad_step)
+        self._bad_loss = torch.where(newly, value, self._bad_loss)
+
+    def _check(self) -> bool:
+        """The host check of a check step (one sync; under DDP one all-reduce, every rank at the same step): raise
+        TrainingDiverged when a loss since the last check was not finite; returns whether any rank asked to stop."""
+        local = torch.stack([(self._bad_step >= 0).float(), self._bad_step, self._bad_loss,
+                             torch.full((), float(self._stop.is_set()), device=self.device)])
         if self.world > 1:
-            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-        return bool(ok.item() > 0)
+            # the first bad step of any rank (bad_step as -step so MAX finds the earliest) and the stop flags
+            flags = torch.stack([local[0], torch.where(local[0] > 0, -local[1], -math.inf), local[3]])
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            bad, neg_step, stop = flags.tolist()
+            step = -neg_step
+            value = float(self._bad_loss) if bad and int(local[1]) == int(step) else math.nan
+        else:
+            bad, step, value, stop = local.tolist()
+        if bad:
+            step = int(step)
+            if step == self.step:
+                raise TrainingDiverged(f"loss is {value} at step {step}; the run stopped before the optimizer step",
+                                       step)
+            raise TrainingDiverged(f"loss is {value} at step {step} (found at step {self.step}: the loss is checked on "
+                                   "log steps); the last good checkpoint is kept", step)
+        return bool(stop)
 
     def _log_step(self, loss: torch.Tensor, features: torch.Tensor, logs: dict, lr: float, grad_norm: Any,
                   window: tuple[float, int]) -> float:
@@ -433,7 +472,9 @@ class Trainer:
                        dynamic_ncols=True)
         last_loss, last_knn, stopped = float("nan"), None, None
         window = (time.perf_counter(), 0)
-        stop_requested = self._stop_flag()  # a signal during set-up: checkpoint where it stands and stop
+        self._bad_step = torch.full((), -1.0, device=self.device)  # first non-finite step since the last check
+        self._bad_loss = torch.full((), math.nan, device=self.device)
+        stop_requested = self._stop.is_set() if self.world == 1 else self._check()  # a signal during set-up
         try:
             while self.step < end_step and not stop_requested:
                 epoch = self.step // spe
@@ -444,12 +485,17 @@ class Trainer:
                     if p.channels_last:
                         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
                     progress = Progress(self.step, p.total_steps, epoch, t.epochs, spe, self.generator)
+                    seed_step(t.seed, self.rank, self.step)
                     amp = torch.autocast(self.device.type, dtype=p.amp_dtype) if p.amp_dtype else None
                     with amp or contextlib.nullcontext():
                         loss, features, logs = p.stepper(views, vb.num_global, images, progress)
-                    if not self._all_finite(loss):
-                        raise TrainingDiverged(f"loss is {float(loss.detach().float())} at step {self.step} "
-                                               f"(epoch {epoch}); the run stopped before the optimizer step", self.step)
+                    self._note_finite(loss)
+                    # check steps (the same on every rank): log steps, and steps a checkpoint, an epoch's end or the
+                    # run's end follows; only these sync with the host (one sync: the loss check and stop flags)
+                    nxt = self.step + 1
+                    check_now = (nxt % t.log_every == 0 or self.step == 0 or nxt % spe == 0 or nxt >= end_step
+                                 or bool(t.checkpoint_steps and nxt % t.checkpoint_steps == 0))
+                    stop_seen = self._check() if check_now else False
                     if self.is_main:  # the epoch's mean loss, summed on the device (no host sync per step)
                         value = loss.detach().float()
                         self._loss_sum = self._loss_sum + value
@@ -458,7 +504,7 @@ class Trainer:
                         self._loss_n += 1
                     p.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    log_now = self.is_main and ((self.step + 1) % t.log_every == 0 or self.step == 0)
+                    log_now = self.is_main and (nxt % t.log_every == 0 or self.step == 0)
                     grad_norm = None
                     if t.clip_grad is not None or log_now:
                         grad_norm = torch.nn.utils.clip_grad_norm_(params, t.clip_grad or float("inf"))
@@ -478,7 +524,7 @@ class Trainer:
                     self._heartbeat()
                     if t.checkpoint_steps and self.step % t.checkpoint_steps == 0 and self.step % spe:
                         self._checkpoint(numbered_name("step", self.step))
-                    stop_requested = self._stop_flag()
+                    stop_requested = stop_seen or self._stop_flag()
                     if stop_requested or self.step >= end_step:
                         break
                 if self.step % spe == 0:
@@ -506,6 +552,8 @@ class Trainer:
             if stop_requested and self.step < end_step:
                 stopped = "signal" if self._signal is not None else "stopped"
             if self._saved_step != self.step:
+                if self.world == 1:  # a stop() between check steps (under DDP stops happen on check steps)
+                    self._check()
                 self._checkpoint()  # the end state (max_steps or stop() mid-epoch): resume continues from here
             if stopped is None and self.step < p.total_steps:
                 stopped = "max_steps"
