@@ -118,6 +118,8 @@ class TrainConfig:
     ``epoch-NNNN.pt`` / ``step-NNNNNNNN.pt`` (0: last.pt only).
     ``knn_every`` epochs a weighted kNN (k=``knn_k``, T=0.07) of backbone features on the test split against
     at most ``knn_max_train`` training images (and ``knn_max_test`` test images); 0 disables it.
+    ``loggers``: where the run is also tracked, any of "tensorboard", "mlflow" (a list, or "tensorboard,mlflow";
+    ``workbench.train.loggers``).
     """
 
     epochs: int = 10
@@ -145,9 +147,19 @@ class TrainConfig:
     max_steps: int | None = None
     deterministic: bool = False
     progress: str = "auto"
+    loggers: list[str] | str = field(default_factory=list)
 
     def __post_init__(self) -> None:
         o = "TrainConfig"
+        from workbench.train.loggers import LOGGERS
+        if isinstance(self.loggers, str):
+            self.loggers = [n.strip() for n in self.loggers.split(",") if n.strip()]
+        if not isinstance(self.loggers, (list, tuple)) or not all(isinstance(n, str) for n in self.loggers):
+            raise ConfigError(f"{o}.loggers={self.loggers!r} must be a list of logger names (or 'tensorboard,mlflow')")
+        for n in self.loggers:
+            if n not in LOGGERS:
+                raise ConfigError(f"{o}.loggers: {n!r} is not a logger; choose from {list(LOGGERS)}")
+        self.loggers = list(dict.fromkeys(self.loggers))
         for name in ("epochs", "batch_size", "log_every", "knn_k", "knn_max_train", "knn_max_test",
                      "checkpoint_every"):
             v = getattr(self, name)
