@@ -170,7 +170,7 @@ def _follow(job, run_dir) -> int:
             break
         time.sleep(2.0)
     try:
-        job.result()
+        job.results()  # every task's (a DDP job has several)
     except Exception as e:
         print(f"error: job {job.job_id} failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}",
               file=sys.stderr)

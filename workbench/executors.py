@@ -352,7 +352,7 @@ class PretrainJob:
                 submitit_handler(signal.SIGUSR2, None)  # checkpoint(): this job again; requeue; exit
                 raise SystemExit(-1)  # ranks > 0: submitit leaves the exit to rank 0's requeue
             raise
-        return str(run.path)
+        return str(run.path) if rank == 0 else str(Path(self.run_dir))
 
     def checkpoint(self, *args: Any, **kwargs: Any):
         """submitit's hook: the job to requeue: the same run, which the next attempt resumes."""
