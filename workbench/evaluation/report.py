@@ -247,3 +247,5 @@ def _write_summary(run: Run, table: pd.DataFrame, data_name: str, transfer: bool
     evaluation[data_name] = {"checkpoint": checkpoint, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                              "rows": json.loads(table.to_json(orient="records"))}
     run.update_summary({**flat, "evaluation": evaluation})
+    from workbench.train.loggers import log_summary
+    log_summary(run, {k: v for k, v in flat.items() if "/" not in k})  # the headline, where the run was tracked

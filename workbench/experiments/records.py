@@ -113,6 +113,10 @@ def record_metrics(values: Mapping[str, Any], run: Run | str | os.PathLike | Non
         raise ValueError(f"record_metrics needs a non-empty dict of metric name -> value, got {values!r}")
     target = current_run() if run is None else (run if isinstance(run, Run) else Run(run))
     merged = target.update_summary(_plain(dict(values)))
+    from ..train.loggers import log_summary
+    for tracked in {target.path: target, **({target.training_run.path: target.training_run}
+                                            if target.training_run is not None else {})}.values():
+        log_summary(tracked, _plain(dict(values)))  # TensorBoard / MLflow, where the run was tracked
     if run is None and not under_runner() and target.status.get("status") in ("created", "running"):
         target.set_status("completed", interactive=True)
     return merged
