@@ -83,6 +83,15 @@ class Phases:
 def wrap(obj: Any, attr: str, phases: Phases, name: str) -> None:
     """Run ``obj.attr`` in phase ``name``: through a subclass made for ``obj`` (so no instance attribute reaches a
     checkpointed state dict)."""
+    if attr in vars(obj):  # an instance attribute (LambdaLR wraps its optimizer's step so): wrap that
+        inner = vars(obj)[attr]
+
+        def wrapped_instance(*a: Any, **k: Any) -> Any:
+            with phases.enter(name):
+                return inner(*a, **k)
+
+        setattr(obj, attr, wrapped_instance)
+        return
     cls = type(obj)
     fn = getattr(cls, attr)
 
@@ -111,7 +120,7 @@ def wrap_generator(obj: Any, attr: str, phases: Phases, name: str) -> None:
 
 
 def profile_counts(key: str, batch_size: int, image_size: int, steps: int) -> dict[str, Any]:
-    """Ops and syncs per phase of step ``steps - 1`` (a non-log step) of a ``steps``-step run."""
+    """Ops and syncs per phase of step ``steps - 2`` (neither a log step nor a check step) of a ``steps``-step run."""
     from workbench.device import HostSyncCounter
     import workbench.train.batches as batches_mod
     from workbench.train.engine import Trainer
@@ -137,7 +146,8 @@ def profile_counts(key: str, batch_size: int, image_size: int, steps: int) -> di
             return b
 
         per_step: dict[int, dict[str, collections.Counter]] = collections.defaultdict(
-            lambda: {"ops": collections.Counter(), "syncs": collections.Counter(), "h2d": collections.Counter()})
+            lambda: {"ops": collections.Counter(), "syncs": collections.Counter(), "h2d": collections.Counter(),
+                     "host": collections.Counter()})
         sites: collections.Counter = collections.Counter()
 
         class Attributing(HostSyncCounter):
@@ -147,11 +157,14 @@ def profile_counts(key: str, batch_size: int, image_size: int, steps: int) -> di
             def _op(self, name: str) -> None:
                 per_step[trainer.step]["ops"][phases.now] += 1
 
+            def _host_scalar(self) -> None:
+                per_step[trainer.step]["host"][phases.now] += 1
+
             def _note(self, kind: str, sync: bool = True) -> None:
                 rec = per_step[trainer.step]
                 rec["syncs" if sync else "h2d"][phases.now] += 1
                 if sync:
-                    sites[(phases.now, kind, self._site())] += 1 if trainer.step == steps - 1 else 0
+                    sites[(phases.now, kind, self._site())] += 1 if trainer.step == steps - 2 else 0
 
         counter = Attributing()
         torch.Tensor.backward = backward
@@ -165,11 +178,12 @@ def profile_counts(key: str, batch_size: int, image_size: int, steps: int) -> di
         finally:
             torch.Tensor.backward = orig_backward
             batches_mod.make_batches = orig_make
-        k = steps - 1  # attributed to step value k: the tail of step k-1 and the head of step k (both non-log)
+        k = steps - 2  # attributed to step value k: the tail of step k-1 and the head of step k (neither a check step)
         rec = per_step[k]
         row = {"method": key, "backbone": METHODS[key][0], "batch_size": batch_size, "image_size": image_size,
                "ops": {ph: rec["ops"][ph] for ph in PHASES}, "syncs": {ph: rec["syncs"][ph] for ph in PHASES},
-               "h2d": {ph: rec["h2d"][ph] for ph in PHASES}, "wall_s_all_steps": round(wall, 2)}
+               "h2d": {ph: rec["h2d"][ph] for ph in PHASES}, "optimizer_host_scalars": sum(rec["host"].values()),
+               "wall_s_all_steps": round(wall, 2)}
         row["ops_total"] = sum(row["ops"].values())
         row["syncs_total"] = sum(row["syncs"].values())
         row["sync_sites"] = [f"{ph}:{kind}@{site} x{n}" for (ph, kind, site), n in sites.most_common() if n]
@@ -191,10 +205,8 @@ def profile_compile(key: str, batch_size: int, image_size: int, steps: int) -> d
     trainer_box: list[Any] = []
 
     def backend(gm: torch.fx.GraphModule, example_inputs: list) -> Any:
-        for t in example_inputs:
-            if isinstance(t, torch.Tensor):
-                seen.add(id(t))
-        # parameters may also be reached as module attributes (get_attr nodes)
+        # parameters reached as module attributes (get_attr nodes) are part of this graph
+        held = set()
         for node in gm.graph.nodes:
             if node.op == "get_attr":
                 with contextlib.suppress(AttributeError):
@@ -202,10 +214,16 @@ def profile_compile(key: str, batch_size: int, image_size: int, steps: int) -> d
                     for part in node.target.split("."):
                         obj = getattr(obj, part)
                     if isinstance(obj, torch.Tensor):
-                        seen.add(id(obj))
+                        held.add(id(obj))
         step = trainer_box[0].step if trainer_box and trainer_box[0].step is not None else -1
         graphs.append({"step": step, "nodes": sum(1 for n in gm.graph.nodes if n.op.startswith("call"))})
-        return gm.forward
+
+        def run(*args: Any) -> Any:  # a graph is reused for modules of the same structure: record every call's inputs
+            seen.update(held)
+            seen.update(id(a) for a in args if isinstance(a, torch.Tensor))
+            return gm.forward(*args)
+
+        return run
 
     orig_compile = torch.compile
 
@@ -246,14 +264,14 @@ def profile_compile(key: str, batch_size: int, image_size: int, steps: int) -> d
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| method | backbone | ops views | ops loss | ops update | ops engine | syncs views | syncs loss | "
-            "syncs update | syncs engine | h2d | graphs | breaks | recompiles | student cov | teacher cov |")
+            "syncs update | syncs engine | h2d | optim host scalars | graphs | breaks | recompiles | student cov | teacher cov |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         c = r.get("compile") or {}
         tc = c.get("teacher_coverage")
         lines.append("| " + " | ".join(str(x) for x in (
             r["method"], r["backbone"], *(r["ops"][p] for p in PHASES), *(r["syncs"][p] for p in PHASES),
-            sum(r["h2d"].values()), c.get("graphs", "-"), c.get("graph_breaks", "-"), c.get("graphs_after_step0", "-"),
+            sum(r["h2d"].values()), r.get("optimizer_host_scalars", "-"), c.get("graphs", "-"), c.get("graph_breaks", "-"), c.get("graphs_after_step0", "-"),
             c.get("student_coverage", "-"), "-" if tc is None else tc)) + " |")
     return "\n".join(lines)
 
@@ -263,12 +281,12 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--image-size", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=3, help="steps per run (>= 3: the profiled step is steps - 1)")
+    ap.add_argument("--steps", type=int, default=4, help="steps per run (>= 4: the profiled step is steps - 2)")
     ap.add_argument("--no-compile", action="store_true", help="skip the compile-coverage run")
     ap.add_argument("--table", action="store_true", help="print a Markdown table after the JSON lines")
     args = ap.parse_args()
-    if args.steps < 3:
-        ap.error("--steps must be >= 3 (step 0 logs; the profiled step must follow a non-log step)")
+    if args.steps < 4:
+        ap.error("--steps must be >= 4 (step 0 logs and the last step checks; the profiled step is neither)")
     torch.manual_seed(0)
     rows = []
     for key in args.methods:

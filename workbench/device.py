@@ -55,6 +55,22 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 # ------------------------------------------------------------------------------------------- host syncs
+_HOST_READS = [0]
+
+
+class host_tensors:
+    """Context marking reads (``float(t)``, ``.tolist()``) of tensors the code knows live on the host (a CPU
+    generator's draws that set shapes): no device sync on any device. HostSyncCounter counts them as
+    ``host_scalars``, not as syncs, so a CPU profile predicts a GPU's syncs."""
+
+    def __enter__(self) -> "host_tensors":
+        _HOST_READS[0] += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _HOST_READS[0] -= 1
+
+
 class HostSyncCounter:
     """Counts, while active (``with HostSyncCounter() as c``), the eager aten ops run and the host syncs among them:
     ``.item()``/``bool()``/``float()`` of a tensor (``_local_scalar_dense``), ``nonzero``, boolean-mask indexing
@@ -62,6 +78,8 @@ class HostSyncCounter:
     GPU), ``equal``; and host -> device copies of Python data (``torch.tensor(...)``). On a CPU none of these wait,
     but on a GPU each one stalls the host until the device catches up, so counting them on a CPU predicts a GPU's
     idle time. ``ops`` total ops, ``syncs`` the sync count, ``h2d`` the copies, ``by_kind`` {kind: count};
+    ``host_scalars``: ``.item()`` inside a torch optimizer's step (AdamW/SGD keep their step counters on the CPU
+    beside CUDA parameters, so these are no device syncs there; on a CPU run they look the same as syncs);
     ``sites`` {kind: {"file:line": count}} of the first frame in ``workbench/`` (where to look). Counting works on
     any device; the counter is a TorchDispatchMode plus a TorchFunctionMode (ops inside torch.compile'd graphs
     compiled by inductor are not seen)."""
@@ -75,10 +93,29 @@ class HostSyncCounter:
         self.ops = 0
         self.syncs = 0
         self.h2d = 0
+        self.host_scalars = 0
         self.by_kind: dict[str, int] = {}
         self.sites: dict[str, dict[str, int]] = {}
         self._track_sites = sites
         self._modes: list = []
+
+    @staticmethod
+    def _in_optimizer() -> bool:
+        """Whether the op runs inside a torch optimizer's step (its step counters: see ``host_scalars``)."""
+        import sys
+
+        f = sys._getframe(1)
+        while f is not None:
+            name = f.f_code.co_filename
+            if name.endswith("workbench/device.py"):
+                f = f.f_back
+                continue
+            if "/torch/optim/" in name:
+                return True
+            if "/workbench/" in name:
+                return False
+            f = f.f_back
+        return False
 
     def _site(self) -> str:
         import sys
@@ -93,6 +130,9 @@ class HostSyncCounter:
 
     def _op(self, name: str) -> None:
         self.ops += 1
+
+    def _host_scalar(self) -> None:
+        self.host_scalars += 1
 
     def _note(self, kind: str, sync: bool = True) -> None:
         if sync:
@@ -117,7 +157,9 @@ class HostSyncCounter:
                 name = func.name()
                 counter._op(name)
                 kind = counter.SYNC_OPS.get(name)
-                if kind is not None:
+                if kind == "item/bool" and (_HOST_READS[0] > 0 or counter._in_optimizer()):
+                    counter._host_scalar()  # a step counter: a CPU tensor beside CUDA parameters, no sync there
+                elif kind is not None:
                     counter._note(kind)
                 elif name in ("aten::index.Tensor", "aten::index_put_", "aten::index_put", "aten::_index_put_impl_"):
                     idx = args[1] if len(args) > 1 else kwargs.get("indices", ())
@@ -133,7 +175,10 @@ class HostSyncCounter:
             def __torch_function__(self, func, types, args=(), kwargs=None):
                 name = getattr(func, "__name__", "")
                 if name in counter.HOST_METHODS and args and isinstance(args[0], torch.Tensor):
-                    counter._note(f".{name}()")
+                    if _HOST_READS[0] > 0 or args[0].device.type == "meta":
+                        counter._host_scalar()
+                    else:
+                        counter._note(f".{name}()")
                 return func(*args, **(kwargs or {}))
 
         self._modes = [_Function(), _Dispatch()]

@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 
 from workbench.augment.ops import _rand
+from workbench.device import host_tensors
 
 
 @dataclass
@@ -112,9 +113,13 @@ def multiblock_masks(batch: int, grid: tuple[int, int], generator: torch.Generat
             raise ValueError(f"multiblock_masks: {name}={tuple(pair)} must be (min, max) with 0 < min <= max"
                              + (f" <= {hi}" if hi is not None else ""))
     device = torch.device(device)
-    u = _rand(generator, (2,), torch.device("cpu"))
-    t_size = _block_size(float(u[0]), (gh, gw), target_scale, target_ratio)
-    c_size = _block_size(float(u[1]), (gh, gw), context_scale, (1.0, 1.0))
+    # the two block sizes set tensor shapes, so they are drawn on the host: from the generator itself when it is a
+    # CPU one, else from a CPU generator seeded with its seed (a GPU generator would need a device -> host sync)
+    host = generator if generator.device.type == "cpu" else torch.Generator().manual_seed(generator.initial_seed())
+    with host_tensors():
+        u = _rand(host, (2,), torch.device("cpu")).tolist()
+    t_size = _block_size(u[0], (gh, gw), target_scale, target_ratio)
+    c_size = _block_size(u[1], (gh, gw), context_scale, (1.0, 1.0))
     T, L = num_targets, gh * gw
 
     # targets: uniform top-left in [0, g - size) as torch.randint(0, g - size) (at least 0)
@@ -142,7 +147,7 @@ def multiblock_masks(batch: int, grid: tuple[int, int], generator: torch.Generat
     first = torch.where(valid.any(dim=1), valid.to(torch.int8).argmax(dim=1),
                         torch.full((batch,), levels * attempts - 1, device=device))
     cmask = cand[torch.arange(batch, device=device), first]  # [B, L]
-    kc = int(cmask.sum(dim=1).min())
+    kc = int(cmask.sum(dim=1).min())  # a shape (the official collator's truncation): the one host sync here
     context = _first_true_indices(cmask, kc)
     return BlockMasks(context=context, targets=targets, grid=(gh, gw), target_size=t_size, context_size=c_size,
                       context_mask=cmask, target_mask=tmask)

@@ -249,6 +249,32 @@ class TrainingParts:
     warmup_steps: int
 
 
+# the entry points of a backbone the methods call besides forward (ViT: MAE, I-JEPA, DINO/SwAV multi-crop)
+COMPILED_ENTRY_POINTS = ("forward", "forward_tokens", "encode", "embed_any_size")
+
+
+def compile_method(method: nn.Module, compile_fn: Any = None) -> list[str]:
+    """``torch.compile`` what a training step calls: for each direct submodule of ``method`` (the backbone, heads,
+    predictors, decoders and the EMA teachers), ``forward`` and the backbone entry points it has
+    (``COMPILED_ENTRY_POINTS``). Each is bound to its module as a compiled method (so a deep copy rebinds to the
+    copy rather than calling the original). Submodules holding SyncBatchNorm stay eager (a graph break at every
+    norm layer); their names are returned. ``compile_fn``: ``torch.compile`` unless given (tests, profiles)."""
+    import types
+
+    compile_fn = compile_fn or torch.compile
+    eager = []
+    for name, module in method.named_children():
+        if any(isinstance(m, nn.SyncBatchNorm) for m in module.modules()):
+            eager.append(name)
+            continue
+        for entry in COMPILED_ENTRY_POINTS:
+            fn = getattr(type(module), entry, None)
+            if fn is None or not callable(fn):
+                continue
+            setattr(module, entry, types.MethodType(compile_fn(fn), module))
+    return eager
+
+
 def build_training(config: PretrainConfig, data: TrainingData, device: torch.device, world: int,
                    is_main: bool) -> TrainingParts:
     """Method, precision (bf16 autocast on CUDA under ``auto``; opt-in on a CPU), channels_last (CNNs on CUDA under ``auto``),
@@ -284,12 +310,17 @@ def build_training(config: PretrainConfig, data: TrainingData, device: torch.dev
     total_steps, warmup_steps = schedule_steps(t.epochs, steps_per_epoch, resolved.warmup_epochs)
     scheduler = build_scheduler(optimizer, total_steps, warmup_steps)
     if t.compile:
-        method.backbone.compile()
+        eager = compile_method(method)
+        if eager and is_main:
+            warnings.warn(f"train.compile: {eager} hold SyncBatchNorm, which breaks a compiled graph at every norm "
+                          "layer; they run eagerly (the rest of the method is compiled)")
     stepper: nn.Module = StepModule(method)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        find_unused = bool(getattr(method, "find_unused_parameters", method.requires_vit))
+        # every method uses all its trainable parameters in every step (DINO/SwAV freeze layers with a zero
+        # gradient that stays in the graph), so DDP need not search the graph for unused ones
+        find_unused = bool(getattr(method, "find_unused_parameters", False))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # broadcast_buffers' rename in newer torch
             stepper = DDP(stepper, device_ids=[device.index] if device.type == "cuda" else None,
