@@ -7,13 +7,21 @@ from workbench.config import ConfigError
 
 
 def resolve_device(device: str | torch.device | None = "auto", local_rank: int = 0,
-                   field: str = "device") -> torch.device:
+                   field: str = "device", distributed: bool = False) -> torch.device:
     """``"auto"``/None -> ``cuda:<local_rank>`` when CUDA is available, else CPU; ``"cuda"`` -> ``cuda:<local_rank>``.
 
+    ``distributed`` (a process of a torchrun job): a ``"cuda:N"`` is read as "CUDA" and each process takes its own
+    ``cuda:<LOCAL_RANK>`` (with a warning), as every process would otherwise share GPU N.
     Asking for CUDA where there is none is a ConfigError naming ``field`` (e.g. ``TrainConfig.device``).
     """
     if device is None or device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if distributed and str(device).startswith("cuda:") and str(device) != f"cuda:{local_rank}":
+        import warnings
+
+        warnings.warn(f"{field}={str(device)!r} under torchrun: each process uses its own GPU, cuda:LOCAL_RANK "
+                      f"(this one cuda:{local_rank}); pass 'cuda' or 'auto'", stacklevel=2)
+        device = "cuda"
     if device == "cuda":
         device = f"cuda:{local_rank}"
     dev = torch.device(device)

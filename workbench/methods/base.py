@@ -167,13 +167,13 @@ def cosine_momentum(base: float, progress: Progress, final: float = 1.0) -> floa
 def gather(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` [B, ...] from all ranks along dim 0, keeping gradients (identity on one process).
 
-    Torch's functional collective with autograd (``all_gather_tensor_autograd``: the backward reduce-scatters the
+    Torch's functional collective with autograd (``all_gather_single_autograd``: the backward reduce-scatters the
     gradient, each rank receiving the sum over ranks for its own rows); it traces under torch.compile, where the
     deprecated ``torch.distributed.nn.functional.all_gather`` raises."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         import torch.distributed._functional_collectives as fc
 
-        return fc.all_gather_tensor_autograd(x.contiguous(), gather_dim=0, group=dist.group.WORLD)
+        return fc.all_gather_single_autograd(x.contiguous(), gather_dim=0, group=dist.group.WORLD)
     return x
 
 

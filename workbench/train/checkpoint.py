@@ -138,7 +138,7 @@ def save_checkpoint(run: Run, *, method: nn.Module, optimizer: torch.optim.Optim
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "step": step, "epoch": step // max(1, steps_per_epoch),
         "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 "generator": generator.get_state()},
         "config": cfg, "info": dict(info),
         "identity": checkpoint_identity(cfg, info.get("image_size"), run.run_id),
@@ -223,12 +223,22 @@ def load_resume_state(run: Run, *, method: nn.Module, optimizer: torch.optim.Opt
     return ResumeState(int(ckpt["step"]), dict(ckpt.get("loop") or {}), dict(ckpt.get("rng") or {}), path)
 
 
-def apply_rng(rng: dict[str, Any]) -> None:
-    """Set the global CPU (and CUDA) RNG states a checkpoint recorded."""
+def apply_rng(rng: dict[str, Any], device: torch.device | None = None) -> None:
+    """Set the global CPU RNG state and the training device's CUDA RNG state a checkpoint recorded.
+
+    The CUDA state is the saving process's own device (older checkpoints: a list over the devices it saw, of which
+    the entry of this process's device is used when present), so a run resumes under any number of visible GPUs.
+    The engine also seeds every step from (seed, rank, step), so nothing a step draws depends on these states."""
     if "torch" in rng:
         torch.set_rng_state(rng["torch"].cpu())
-    if rng.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+    state = rng.get("cuda")
+    if state is None or not torch.cuda.is_available() or device is None or device.type != "cuda":
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if isinstance(state, (list, tuple)):
+        state = state[index] if index < len(state) else None
+    if state is not None:
+        torch.cuda.set_rng_state(state.cpu(), device)
 
 
 def trim_metrics(run: Run, step: int) -> None:

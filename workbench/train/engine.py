@@ -48,7 +48,9 @@ CONSTANT_LOSS_RTOL = 1e-6     # an epoch's loss "has not moved" when max - min <
 
 
 GLOBAL_RNG = 4               # mix_seed's last argument for the global RNG of a step (dropout, drop-path)
-FAILED_KEY = "workbench/failed"  # the process group's store key a failing rank writes its cause to
+FAILED_KEY = "workbench/failed"  # the launcher store's key a failing rank writes its cause to
+PEER_POLL_S = 0.5             # how often each rank of a DDP run looks for another rank's failure
+PEER_GRACE_S = 5.0            # how long a rank may take to fail on its own after a peer failed, before it is ended
 
 
 def seed_step(seed: int, rank: int, step: int) -> None:
@@ -143,6 +145,8 @@ class Trainer:
         self._status: dict[str, Any] = {}       # details every status write of this run carries
         self._warnings: dict[str, str] = {}     # health warnings by kind (constant_loss, collapse)
         self._beat = 0.0
+        self._store_client: Any = None
+        self._peer_failure: str | None = None
 
     def stop(self) -> None:
         """Ask the loop to finish after the current step (it saves a checkpoint and marks the run completed)."""
@@ -221,21 +225,87 @@ class Trainer:
         SIGTERM/SIGINT (main thread) end it with a checkpoint, status ``interrupted`` and TrainingInterrupted."""
         prev_det = torch.are_deterministic_algorithms_enabled()
         handlers = self._install_signal_handlers()
+        watcher = self._watch_peers() if self.world > 1 else None
         try:
             if self.config.train.deterministic:
                 torch.use_deterministic_algorithms(True, warn_only=True)
             self.prepare()
             return self._run()
         except BaseException as e:
+            if self.world > 1:
+                e = self._peer_failure_or(e)
             if self.is_main and self._started and not isinstance(e, TrainingInterrupted):
                 self._record_end(e)
-            raise
+            raise e
         finally:
+            if watcher is not None:
+                watcher.set()
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             if self.config.train.deterministic:
                 torch.use_deterministic_algorithms(prev_det)
             self._release()
+
+    # -- DDP: a failure on any rank ends every rank, with its cause ------------------------------------------
+    def _store(self) -> Any:
+        """A client of the launcher's TCP store (MASTER_ADDR/MASTER_PORT, as torchrun and env:// set them), or None."""
+        if self._store_client is None and os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT"):
+            from datetime import timedelta
+
+            with contextlib.suppress(Exception):
+                self._store_client = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                                   is_master=False, timeout=timedelta(seconds=10))
+        return self._store_client
+
+    def _peer_cause(self) -> str | None:
+        """The cause another rank recorded when it failed, or None."""
+        store = self._store()
+        if store is None:
+            return None
+        with contextlib.suppress(Exception):
+            if store.check([FAILED_KEY]):
+                cause = store.get(FAILED_KEY).decode()
+                return None if cause.startswith(f"rank {self.rank}:") else cause
+        return None
+
+    def _peer_failure_or(self, e: BaseException) -> BaseException:
+        """``e`` re-described when another rank failed first (a collective broken by its exit), else ``e`` after
+        recording this rank's cause for the others."""
+        cause = self._peer_failure or self._peer_cause()
+        if cause is not None:
+            err = RankFailed(f"{cause} (this is rank {self.rank}, stopped by that failure: {type(e).__name__})")
+            err.__cause__ = e
+            return err
+        store = self._store()
+        if store is not None and not isinstance(e, TrainingInterrupted):
+            with contextlib.suppress(Exception):
+                store.set(FAILED_KEY, f"rank {self.rank}: {type(e).__name__}: {e}")
+        return e
+
+    def _watch_peers(self) -> threading.Event:
+        """A daemon thread that polls the store for another rank's failure. A rank blocked in a collective (NCCL
+        does not notice a peer's exit until its timeout, minutes later) gets ``PEER_GRACE_S`` to raise on its own;
+        then the thread prints the cause, marks the run failed (rank 0) and ends the process (exit code 1)."""
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(PEER_POLL_S):
+                cause = self._peer_cause()
+                if cause is None:
+                    continue
+                self._peer_failure = cause
+                if done.wait(PEER_GRACE_S):
+                    return
+                message = f"{cause}; rank {self.rank} was still blocked {PEER_GRACE_S:.0f} s later and exits"
+                print(f"workbench: {message}", file=sys.stderr, flush=True)
+                if self.is_main and self._started and self.run_record is not None:
+                    with contextlib.suppress(Exception):
+                        self.run_record.set_status("failed", **{**self._status, "error": f"RankFailed: {message}",
+                                                                "step": self.step})
+                os._exit(1)
+
+        threading.Thread(target=watch, name="workbench-peer-watch", daemon=True).start()
+        return done
 
     def _record_end(self, e: BaseException) -> None:
         """status.json for a run that ended with an exception: failed, or interrupted (KeyboardInterrupt)."""
@@ -255,7 +325,7 @@ class Trainer:
     # -- setup, checkpoints, the kNN monitor ---------------------------------------------------------------
     def _setup(self) -> None:
         c, t = self.config, self.config.train
-        self.device = resolve_device(t.device, self.local_rank, field="TrainConfig.device")
+        self.device = resolve_device(t.device, self.local_rank, field="TrainConfig.device", distributed=self.world > 1)
         if self.world > 1 and t.batch_size % self.world:
             raise ConfigError(f"train.batch_size={t.batch_size} (the global batch) must be divisible by the number "
                               f"of processes {self.world}")
@@ -431,7 +501,7 @@ class Trainer:
         c, t, p = self.config, self.config.train, self.parts
         resume = self._resume
         loop = resume.loop if resume is not None else {}
-        apply_rng(resume.rng if resume is not None and resume.checkpoint is not None else self._rng)
+        apply_rng(resume.rng if resume is not None and resume.checkpoint is not None else self._rng, self.device)
         if resume is not None:
             self.step = self.start_step = resume.step
             self._saved_step = resume.step if resume.checkpoint is not None else -1
