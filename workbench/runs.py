@@ -42,6 +42,8 @@ STATUSES = ("created", "running", "completed", "failed", "interrupted")
 LINKS_FILE = "links.json"  # named links to other run folders (a notebook run -> the run it trained)
 LOCK_FILE = ".lock"        # the writer lock of a run folder (content: the holder's pid, host, start time)
 TMP_SUFFIX = ".tmp"        # temporary files of the atomic writers are named .<file>.<random>.tmp
+PARAMETERS_FILE = "parameters.json"  # a notebook run's notebook name and parameters (workbench.experiments)
+INDEX_DIR = ".index"       # under a runs folder: the runs index (runs.json snapshot, log.jsonl updates, lock)
 
 
 class RunLockedError(RuntimeError):
@@ -479,7 +481,15 @@ class Run:
         if status == "running":
             record.update(pid=os.getpid(), pid_start=_process_start(os.getpid()), host=_host(), heartbeat=now)
         record.update(details)
+        previous = None
+        if status == "running":  # heartbeats rewrite a running status often: the index changes on a change only
+            try:
+                previous = json.loads((self.path / "status.json").read_text()).get("status")
+            except (OSError, ValueError, AttributeError):
+                previous = None
         atomic_write_json(self.path / "status.json", record)
+        if previous != "running" or status != "running":
+            update_index(self)
 
     @property
     def training_run(self) -> "Run | None":
@@ -498,6 +508,7 @@ class Run:
         except ValueError:
             ref = str(run.path.resolve())
         atomic_write_json(self.path / LINKS_FILE, {**self._read_json(LINKS_FILE), "training_run": ref})
+        update_index(self)
 
     @property
     def summary(self) -> dict[str, Any]:
@@ -512,6 +523,7 @@ class Run:
         finally:
             if guard is not None:
                 guard.release()
+        update_index(self)
         return merged
 
     def log_metrics(self, record: dict[str, Any]) -> None:
@@ -533,6 +545,61 @@ class Run:
             except json.JSONDecodeError:
                 continue
         return out
+
+    # -- the runs index ---------------------------------------------------------------------------------
+    def recorded_status_or_none(self) -> str | None:
+        """The ``status`` field of status.json as written (None when absent or unreadable)."""
+        try:
+            value = json.loads((self.path / "status.json").read_text())
+            return value.get("status") if isinstance(value, dict) else None
+        except (OSError, ValueError):
+            return None
+
+    def index_stamp(self) -> list[int]:
+        """mtimes (ns) of status.json and summary.json (0 when absent): an index entry with other stamps is stale."""
+        return _stamp(str(self.path))
+
+    def index_entry(self) -> dict[str, Any] | None:
+        """What the runs index keeps of this run (None when the folder is not a run): the recorded status (without
+        tracebacks and file lists), the numeric summary, the training config's method/data/backbone/epochs (of the
+        linked training run where there is one), the notebook name and parameters, and the stamp it was read at.
+        ``workbench.experiments.table.run_facts`` turns it into the facts of a row."""
+        stamp = self.index_stamp()
+        if not stamp[0] and not (self.path / "config.json").exists():
+            return None
+
+        def read(path: Path) -> tuple[dict[str, Any], bool]:
+            try:
+                value = json.loads(path.read_text()) if path.exists() else {}
+                return (value if isinstance(value, dict) else {}), True
+            except (OSError, ValueError):
+                return {}, False
+
+        status, status_ok = read(self.path / "status.json")
+        summary, summary_ok = read(self.path / "summary.json")
+        params, _ = read(self.path / PARAMETERS_FILE)
+        try:
+            config = (self.training_run or self).config
+        except ValueError:
+            config = {}
+
+        def section(name: str) -> dict[str, Any]:
+            value = config.get(name)
+            return value if isinstance(value, dict) else {}
+
+        slim = {k: v for k, v in status.items() if k not in ("traceback", "skipped_files", "cell_source")}
+        if isinstance(slim.get("warnings"), dict):
+            slim["warnings"] = sorted(slim["warnings"])
+        return {"name": self.path.name, "stamp": stamp,
+                "status": slim if status_ok else {"status": "unreadable", "error": f"{self.path / 'status.json'} "
+                                                                                    "is not valid JSON"},
+                "summary": {k: v for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                if summary_ok else {},
+                "config": {"method": config.get("method"), "data": section("data").get("name"),
+                           "backbone": section("model").get("backbone"), "epochs": section("train").get("epochs")}
+                if config else None,
+                "notebook": params.get("notebook"), "tag": params.get("tag"),
+                "parameters": params.get("parameters") if isinstance(params.get("parameters"), dict) else {}}
 
     # -- checkpoints ------------------------------------------------------------------------------------
     def checkpoint_path(self, name: str = "last") -> Path:
@@ -565,3 +632,156 @@ def list_runs(runs_dir: str | os.PathLike) -> list[Run]:
     found: Iterable[Path] = (p for p in root.iterdir()
                              if p.is_dir() and ((p / "status.json").exists() or (p / "config.json").exists()))
     return [Run(p) for p in sorted(found)]
+
+
+# ---- the runs index: listing 10,000 runs without reading 60,000 files --------------------------------------------
+#
+# <runs>/.index/runs.json is a snapshot {"entries": {name: entry}}; every status change (and summary update, and
+# training-run link) of a run appends its fresh entry to <runs>/.index/log.jsonl; readers replay the log over the
+# snapshot. Each entry carries the mtimes of status.json and summary.json it was read at, so a reader re-reads only a
+# run whose files changed without an index update (a heartbeat, a run copied in from a cluster, an older writer).
+# Appends and the compaction (log -> snapshot, written atomically) hold an exclusive flock on <runs>/.index/lock,
+# readers a shared one: concurrent writers never lose each other's updates.
+
+INDEX_COMPACT_LINES = 500    # a reader folds the log into the snapshot past this many lines
+
+
+def _stamp(folder: str) -> list[int]:
+    """``Run.index_stamp`` on a folder path string (os.stat on joined strings: a listing stats every run)."""
+    out = []
+    for name in ("status.json", "summary.json"):
+        try:
+            out.append(os.stat(os.path.join(folder, name)).st_mtime_ns)
+        except OSError:
+            out.append(0)
+    return out
+
+
+def _index_dir(runs_dir: Path) -> Path:
+    return runs_dir / INDEX_DIR
+
+
+class _IndexLock:
+    def __init__(self, runs_dir: Path, mode: int):
+        self.path, self.mode, self.fd = _index_dir(runs_dir) / "lock", mode, None
+
+    def __enter__(self) -> "_IndexLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        fcntl.flock(self.fd, self.mode)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self.fd)
+
+
+def update_index(run: Run) -> None:
+    """Append ``run``'s fresh index entry to its runs folder's index log. Only where the parent is a runs folder
+    (not a run: a notebook's training sub-run is not indexed on its own). Never fails the write it follows."""
+    root = run.path.parent
+    if (root / "status.json").exists() or (root / "config.json").exists():
+        return
+    try:
+        entry = run.index_entry()
+        if entry is None:
+            return
+        line = (json.dumps(entry, default=_json_default) + "\n").encode()
+        with _IndexLock(root, fcntl.LOCK_EX):
+            fd = os.open(_index_dir(root) / "log.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                         | getattr(os, "O_CLOEXEC", 0), 0o666)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+    except OSError:  # a read-only or full runs folder: the index is a cache, the run's own files are the truth
+        pass
+
+
+def _read_index_files(root: Path) -> tuple[dict[str, dict[str, Any]], int]:
+    """The snapshot with the log replayed over it, and the log's line count (call under the index lock)."""
+    entries: dict[str, dict[str, Any]] = {}
+    folder = _index_dir(root)
+    try:
+        snap = json.loads((folder / "runs.json").read_text())
+        if isinstance(snap, dict) and isinstance(snap.get("entries"), dict):
+            entries = snap["entries"]
+    except (OSError, ValueError):
+        pass
+    lines = 0
+    try:
+        with open(folder / "log.jsonl", "rb") as f:
+            for raw in f:
+                lines += 1
+                try:
+                    entry = json.loads(raw)
+                except ValueError:
+                    continue  # a torn line (a writer killed mid-append): that run is re-read by its stamp
+                if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                    entries[entry["name"]] = entry
+    except OSError:
+        pass
+    return entries, lines
+
+
+def _compact_index(root: Path, fresh: dict[str, dict[str, Any]], names: set[str]) -> None:
+    """Fold the log and ``fresh`` entries into a new snapshot (atomically), dropping runs no longer there."""
+    try:
+        with _IndexLock(root, fcntl.LOCK_EX):
+            entries, _ = _read_index_files(root)  # what other writers appended since we read
+            for name, entry in fresh.items():
+                if entries.get(name, {}).get("stamp") != Run(root / name).index_stamp() or name not in entries:
+                    entries[name] = entry
+            entries = {k: v for k, v in entries.items() if k in names}
+            atomic_write_json(_index_dir(root) / "runs.json", {"version": 1, "entries": entries})
+            os.truncate(_index_dir(root) / "log.jsonl", 0) if (_index_dir(root) / "log.jsonl").exists() else None
+    except OSError:
+        pass
+
+
+def indexed_runs(runs_dir: str | os.PathLike) -> list[tuple[Run, dict[str, Any]]]:
+    """(Run, index entry) for every run folder directly under ``runs_dir``, oldest first, from the index (made or
+    brought up to date here: runs whose status.json/summary.json changed since their entry are re-read). A
+    ``running`` status is checked against its writer (``Run.status``), so a dead run reads ``interrupted``."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return []
+    names = sorted(e.name for e in os.scandir(root) if not e.name.startswith(".") and e.is_dir())
+    try:
+        with _IndexLock(root, fcntl.LOCK_SH):
+            entries, log_lines = _read_index_files(root)
+        writable = True
+    except OSError:  # a read-only runs folder: no index, every run read
+        entries, log_lines, writable = {}, 0, False
+    out, fresh = [], {}
+    base = str(root)
+    for name in names:
+        run = Run(root / name)
+        entry = entries.get(name)
+        stale = entry is None or entry.get("stamp") != _stamp(os.path.join(base, name))
+        if stale and entry is not None and entry["status"].get("status") == "running":
+            stale = run.recorded_status_or_none() != "running"  # a heartbeat alone leaves the entry as it is
+        if stale:
+            entry = run.index_entry()
+            if entry is None:
+                continue
+            fresh[name] = entry
+        out.append((run, live_entry(run, entry)))
+    if writable and (fresh or log_lines > INDEX_COMPACT_LINES or set(entries) - set(names)):
+        _compact_index(root, fresh, set(names))
+    return out
+
+
+def live_entry(run: Run, entry: dict[str, Any]) -> dict[str, Any]:
+    """``entry`` with a ``running`` status checked against its writer (``Run.status``: a dead writer's run reads
+    interrupted) and the running step brought up to date."""
+    if entry["status"].get("status") != "running":
+        return entry
+    try:
+        live = run.status
+    except ValueError:
+        live = {"status": "unreadable"}
+    keep = {k: live[k] for k in ("status", "reason", "step", "recorded_status") if k in live}
+    return {**entry, "status": {**entry["status"], **keep}}

@@ -79,6 +79,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
+    import json
+
     import pandas as pd
     from .table import compare_summaries, runs_table
     with pd.option_context("display.width", 200, "display.max_columns", 40, "display.max_colwidth", 48):
@@ -87,9 +89,17 @@ def _cmd_runs(args: argparse.Namespace) -> int:
             paths = [p if Path(p).exists() else root / p for p in args.compare]
             print(compare_summaries(paths).to_string())
             return 0
-        table = runs_table(args.dir, sort_by=args.sort)
+        try:
+            table = runs_table(args.dir, sort_by=args.sort, where=args.where, status=args.status, limit=args.limit,
+                               ascending=args.ascending)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if args.json:
+            for rec in json.loads(table.to_json(orient="records")):
+                print(json.dumps(rec))
+            return 0
         if table.empty:
-            print(f"no runs under {args.dir}")
+            print(f"no runs under {args.dir}" + (" match" if args.where or args.status else ""))
             return 0
         if not args.all_metrics:  # key metrics: the pretrained model's (baselines' carry a "model/" prefix)
             table = table[[c for c in table.columns if "/" not in c]]
@@ -153,7 +163,14 @@ def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
     p = subparsers.add_parser("runs", help="list recorded runs (leaderboard) or compare runs side by side")
     p.add_argument("--dir", default="runs", help="runs folder (default: runs)")
     p.add_argument("--compare", nargs="+", metavar="RUN", help="run folders (or names under --dir) to compare")
-    p.add_argument("--sort", default=None, help="sort by this metric column, best first")
+    p.add_argument("--sort", default=None, help="sort by this column, highest first (--ascending: lowest first)")
+    p.add_argument("--ascending", action="store_true", help="with --sort: lowest first")
+    p.add_argument("--where", action="append", metavar="KEY=VALUE", help="keep runs where KEY (a column, a metric or "
+                   "a notebook parameter) matches: method=simclr, knn_acc>0.5, status!=failed (repeatable: all hold)")
+    p.add_argument("--status", action="append", choices=("created", "running", "completed", "failed", "interrupted",
+                                                         "unreadable"), help="keep runs with this status (repeatable)")
+    p.add_argument("--limit", type=int, default=None, help="at most N rows (after --sort; without it the newest N)")
+    p.add_argument("--json", action="store_true", help="one JSON object per run (all columns and the path)")
     p.add_argument("--all-metrics", action="store_true", help="also show the baselines' metrics (random_init/...)")
     p.set_defaults(func=_cmd_runs)
 

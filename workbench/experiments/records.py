@@ -18,11 +18,10 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..runs import Run, atomic_write_json
+from ..runs import PARAMETERS_FILE, Run, atomic_write_json
 
 ENV_RUN_DIR = "WORKBENCH_RUN_DIR"
 ENV_DISPLAY = "WORKBENCH_DISPLAY"
-PARAMETERS_FILE = "parameters.json"
 
 _current: Run | None = None
 

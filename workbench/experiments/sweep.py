@@ -7,8 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..runs import Run, list_runs
-from .records import read_parameters
+from ..runs import Run, indexed_runs
 from .runner import DEFAULT_TIMEOUT, NotebookError, notebook_parameters, run_notebook, validate_parameters
 
 
@@ -28,12 +27,12 @@ def _key(values: Mapping[str, Any]) -> str:
 
 
 def completed_runs(runs_dir: str | os.PathLike, notebook: str) -> dict[str, Run]:
-    """Completed runs of ``notebook`` (by name) under ``runs_dir``, keyed by their canonical parameters."""
+    """Completed runs of ``notebook`` (by name) under ``runs_dir``, keyed by their canonical parameters (read
+    through the runs index)."""
     found = {}
-    for run in list_runs(runs_dir):
-        rec = read_parameters(run)
-        if rec.get("notebook") == notebook and run.status.get("status") == "completed":
-            found[_key(rec.get("parameters", {}))] = run
+    for run, entry in indexed_runs(runs_dir):
+        if entry.get("notebook") == notebook and entry["status"].get("status") == "completed":
+            found[_key(entry.get("parameters") or {})] = run
     return found
 
 

@@ -3,56 +3,49 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
-from ..runs import Run, list_runs
-from .records import read_parameters
+from ..runs import Run, indexed_runs, live_entry
 
 COLUMNS = ("run", "notebook", "method", "data", "backbone", "epochs", "status", "step", "warnings")
 
 
-def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
-    value = config.get(name)
-    return value if isinstance(value, dict) else {}
+def facts_from_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """run, notebook, method, data, backbone, epochs, status, step and warnings from a runs-index entry
+    (``Run.index_entry``); see :func:`run_facts`."""
+    config = entry.get("config")
+    if config:
+        facts = {k: config.get(k) for k in ("method", "data", "backbone", "epochs")}
+    else:
+        params = entry.get("parameters") or {}
+        facts = {k: params.get(k) for k in ("method", "data", "backbone", "epochs")}
+    status = entry.get("status") or {}
+    warnings = status.get("warnings")
+    health = ",".join(sorted(warnings)) if isinstance(warnings, (list, dict)) else ""
+    return {"run": entry["name"], "notebook": entry.get("notebook"), **facts, "status": status.get("status"),
+            "step": status.get("step"), "warnings": health or None}
 
 
-def _status(run: Run) -> dict[str, Any]:
-    """The run's status (``Run.status``: a dead writer's ``running`` reads ``interrupted``); an unreadable
-    status.json reads ``unreadable``."""
-    try:
-        return run.status
-    except ValueError as e:
-        return {"status": "unreadable", "error": str(e)}
+def _entry(run: Run) -> dict[str, Any]:
+    entry = run.index_entry() or {"name": run.path.name, "status": {}, "summary": {}, "config": None,
+                                  "notebook": None, "parameters": {}}
+    return live_entry(run, entry)
 
 
 def run_facts(run: Run | str | os.PathLike) -> dict[str, Any]:
     """run, notebook, method, data, backbone, epochs, status, step and warnings of a run, each read from one named
     place. ``status`` is ``Run.status`` (created / running / completed / failed / interrupted; a run whose writer
-    died reads interrupted), ``step`` the last step its status recorded, ``warnings`` the kinds of health warning
-    the trainer raised (``constant_loss``, ``collapse``), comma-separated.
+    died reads interrupted; a corrupt status.json reads ``unreadable``), ``step`` the last step its status recorded,
+    ``warnings`` the kinds of health warning the trainer raised (``constant_loss``, ``collapse``), comma-separated.
 
     method/data/backbone/epochs come from the PretrainConfig (config.json: ``method``, ``data.name``,
     ``model.backbone``, ``train.epochs``) of the run, or of its linked training run (``Run.training_run``) for a
     notebook run that trained into a sub-folder; a notebook run without a training config (one that trained
-    several runs, or none) shows its notebook parameters of the same names.
+    several runs, or none) shows its notebook parameters of the same names. (The runs index keeps the same record
+    per run: ``Run.index_entry``.)
     """
     run = run if isinstance(run, Run) else Run(run)
-    record = read_parameters(run)
-    try:
-        config = (run.training_run or run).config
-    except ValueError:  # a corrupt config.json: the row still shows, with the facts it cannot read left empty
-        config = {}
-    if config:
-        facts = {"method": config.get("method"), "data": _section(config, "data").get("name"),
-                 "backbone": _section(config, "model").get("backbone"),
-                 "epochs": _section(config, "train").get("epochs")}
-    else:
-        params = record.get("parameters", {})
-        facts = {k: params.get(k) for k in ("method", "data", "backbone", "epochs")}
-    status = _status(run)
-    health = ",".join(sorted(status.get("warnings") or {})) if isinstance(status.get("warnings"), dict) else ""
-    return {"run": run.path.name, "notebook": record.get("notebook"), **facts, "status": status.get("status"),
-            "step": status.get("step"), "warnings": health or None}
+    return facts_from_entry(_entry(run))
 
 
 def numeric_summary(run: Run) -> dict[str, float]:
@@ -60,32 +53,89 @@ def numeric_summary(run: Run) -> dict[str, float]:
     return {k: v for k, v in run.summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _summary(run: Run) -> dict[str, float]:
-    try:
-        return numeric_summary(run)
-    except ValueError:  # a corrupt summary.json: no metrics for this row
-        return {}
+_OPS = (("!=", lambda a, b: a != b), (">=", lambda a, b: a >= b), ("<=", lambda a, b: a <= b),
+        (">", lambda a, b: a > b), ("<", lambda a, b: a < b), ("=", lambda a, b: a == b))
+
+
+def parse_where(items: Iterable[str] | Mapping[str, Any] | None) -> list[tuple[str, str, Any]]:
+    """``["method=simclr", "knn_acc>0.5", "status!=failed"]`` (or ``{"method": "simclr"}``) -> [(key, op, value)];
+    operators ``= != > >= < <=``; a ConfigError for an item without one."""
+    if not items:
+        return []
+    if isinstance(items, Mapping):
+        return [(str(k), "=", v) for k, v in items.items()]
+    out = []
+    for item in items:
+        for op, _ in _OPS:
+            if op in item:
+                key, value = item.split(op, 1)
+                if key.strip():
+                    out.append((key.strip(), op, value.strip()))
+                    break
+        else:
+            from ..config import ConfigError
+            raise ConfigError(f"--where {item!r} must look like key=value (or key!=, >, >=, <, <= value), "
+                              "e.g. --where method=simclr --where knn_acc>0.5")
+    return out
+
+
+def _matches(value: Any, op: str, wanted: Any) -> bool:
+    fn = dict(_OPS)[op]
+    if value is None:
+        return op == "!=" and str(wanted).lower() not in ("none", "null", "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return fn(float(value), float(wanted))
+        except (TypeError, ValueError):
+            return False
+    if op in ("=", "!="):
+        return fn(str(value).lower(), str(wanted).lower())
+    return fn(str(value), str(wanted))
 
 
 def runs_table(runs: str | os.PathLike | Iterable[Run | str | os.PathLike] = "runs", sort_by: str | None = None,
-               notebook: str | None = None, exclude: Iterable[Run | str | os.PathLike] = ()):
+               notebook: str | None = None, exclude: Iterable[Run | str | os.PathLike] = (),
+               where: Iterable[str] | Mapping[str, Any] | None = None, status: str | Iterable[str] | None = None,
+               limit: int | None = None, ascending: bool = False):
     """pandas DataFrame, one row per run: run, notebook, method, data, backbone, epochs, status, then the
-    numeric summary metrics (the leaderboard). ``runs`` is a runs folder or a list of run folders; rows are
-    sorted by ``sort_by`` (descending) when given, else oldest first. ``notebook`` keeps only runs of that
-    notebook; ``exclude`` drops runs (e.g. the comparing notebook's own run)."""
+    numeric summary metrics (the leaderboard). ``runs`` is a runs folder (read through its index,
+    ``workbench.runs.indexed_runs``) or a list of run folders. ``where`` keeps rows matching every condition
+    (``"method=simclr"``, ``"knn_acc>0.5"``; a key that is no column is looked up in the notebook parameters);
+    ``status`` keeps those statuses; ``notebook`` keeps only runs of that notebook; ``exclude`` drops runs. Rows are
+    sorted by ``sort_by`` (descending unless ``ascending``) when given, else oldest first; ``limit`` keeps the
+    first N after sorting (without ``sort_by``: the newest N)."""
     import pandas as pd
 
     if isinstance(runs, (str, os.PathLike)):
-        found = list_runs(runs)
+        found = indexed_runs(runs)
     else:
-        found = [r if isinstance(r, Run) else Run(r) for r in runs]
+        found = [(r, _entry(r)) for r in (x if isinstance(x, Run) else Run(x) for x in runs)]
     skip = {Path(r).resolve() for r in exclude}
-    found = [r for r in found if r.path.resolve() not in skip
-             and (not notebook or read_parameters(r).get("notebook") == notebook)]
+    conditions = parse_where(where)
+    statuses = {status} if isinstance(status, str) else set(status or ())
     rows = []
-    for r in found:
-        facts = run_facts(r)
-        rows.append({**facts, **{k: v for k, v in _summary(r).items() if k not in facts}, "path": str(r.path)})
+    seen_keys: set[str] = set()
+    for r, entry in found:
+        if skip and r.path.resolve() in skip:
+            continue
+        if notebook and entry.get("notebook") != notebook:
+            continue
+        facts = facts_from_entry(entry)
+        if statuses and facts["status"] not in statuses:
+            continue
+        row = {**facts, **{k: v for k, v in (entry.get("summary") or {}).items() if k not in facts},
+               "path": str(r.path)}
+        if conditions:
+            params = entry.get("parameters") or {}
+            lookup = {**params, "tag": entry.get("tag"), **row}
+            seen_keys.update(lookup)
+            if not all(_matches(lookup.get(k), op, v) for k, op, v in conditions):
+                continue
+        rows.append(row)
+    unknown = [k for k, _, _ in conditions if found and k not in seen_keys and k not in COLUMNS]
+    if unknown and not rows:
+        raise ValueError(f"--where {unknown[0]!r}: no run has that column or notebook parameter; columns are "
+                         f"{list(COLUMNS)} and the summary metrics")
     table = pd.DataFrame(rows)
     if table.empty:
         return pd.DataFrame(columns=[*COLUMNS, "path"])
@@ -95,7 +145,12 @@ def runs_table(runs: str | os.PathLike | Iterable[Run | str | os.PathLike] = "ru
     if sort_by is not None:
         if sort_by not in table.columns:
             raise ValueError(f"cannot sort runs by {sort_by!r}; columns are {list(table.columns)}")
-        table = table.sort_values(sort_by, ascending=False, na_position="last").reset_index(drop=True)
+        table = table.sort_values(sort_by, ascending=ascending, na_position="last", kind="stable")
+        table = table.reset_index(drop=True)
+    if limit is not None:
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit={limit!r} must be an integer >= 1")
+        table = (table.head(limit) if sort_by is not None else table.tail(limit)).reset_index(drop=True)
     return table
 
 
