@@ -35,7 +35,7 @@ def _progress(args: argparse.Namespace):
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .runner import NotebookError, describe_run, run_notebook
-    params = {name: value for name, value in (args.parameter or [])}
+    params = {name: value for name, value in (args.parameter or [])}  # the notebook: a path or a shipped name
     try:
         run = run_notebook(args.notebook, params, runs_dir=args.dir, name=args.name, coerce_strings=True,
                            timeout=args.timeout, progress=_progress(args))
@@ -108,13 +108,41 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 def lab_command(notebook_dir: str | Path, extra: Sequence[str] = ()) -> list[str]:
-    """The JupyterLab command line ``workbench lab`` starts (this interpreter's jupyter, on ``notebook_dir``)."""
-    return [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={Path(notebook_dir).resolve()}", *extra]
+    """The JupyterLab command line ``workbench lab`` starts (this interpreter's jupyter, on ``notebook_dir``; new
+    notebooks get the ``ssl-workbench`` kernel, this Python)."""
+    from .runner import KERNEL_NAME
+    return [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={Path(notebook_dir).resolve()}",
+            f"--MappingKernelManager.default_kernel_name={KERNEL_NAME}", *extra]
+
+
+def copy_notebooks(target: Path) -> list[str]:
+    """Copy the shipped notebooks into ``target`` (those not there yet: a user's edits are never overwritten);
+    returns the names copied."""
+    import shutil
+
+    from .runner import notebooks_dir
+    target.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for nb in sorted(notebooks_dir().glob("*.ipynb")):
+        if not (target / nb.name).exists():
+            shutil.copyfile(nb, target / nb.name)
+            copied.append(nb.name)
+    return copied
 
 
 def _cmd_lab(args: argparse.Namespace) -> int:
-    from .runner import ensure_kernel, repo_notebooks_dir
-    notebook_dir = Path(args.notebook_dir) if args.notebook_dir else repo_notebooks_dir()
+    import os
+
+    from .runner import ensure_kernel, in_checkout, jupyter_env, notebooks_dir
+    if args.notebook_dir:
+        notebook_dir = Path(args.notebook_dir)
+    elif in_checkout():  # a source checkout: its notebooks/ in place
+        notebook_dir = notebooks_dir()
+    else:  # an installed package: a copy to work in, beside the user's runs
+        notebook_dir = Path("ssl-workbench-notebooks")
+        copied = copy_notebooks(notebook_dir)
+        if copied and not args.dry_run:
+            print(f"copied {len(copied)} notebook(s) to {notebook_dir.resolve()}", file=sys.stderr)
     if not notebook_dir.is_dir():
         print(f"error: notebook folder {notebook_dir} does not exist", file=sys.stderr)
         return 2
@@ -124,7 +152,7 @@ def _cmd_lab(args: argparse.Namespace) -> int:
         print(" ".join(cmd))
         return 0
     ensure_kernel()
-    return subprocess.call(cmd)
+    return subprocess.call(cmd, env={**os.environ, **jupyter_env()})
 
 
 def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
@@ -137,7 +165,8 @@ def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
                            help="set a notebook parameter (repeatable); values are parsed to the default's type")
 
     p = subparsers.add_parser("run", help="execute a notebook with papermill into a new run folder")
-    p.add_argument("notebook", help="path to a .ipynb with a cell tagged `parameters`")
+    p.add_argument("notebook", help="a .ipynb with a cell tagged `parameters`, or a shipped notebook's name "
+                   "(quickstart, pretrain, tutorial_03_collapse, ...)")
     p.add_argument("--name", default=None, help="run folder name (default: <time>-<method>-<data>-<id>)")
     p.add_argument("--quiet", action="store_true", help="no progress lines (cells, training epochs) on stderr")
     common(p)

@@ -165,20 +165,49 @@ def validate_parameters(spec: Mapping[str, Parameter], given: Mapping[str, Any] 
 
 # ---- kernel -------------------------------------------------------------------------------------------------
 
+KERNEL_NAME = "ssl-workbench"  # the Jupyter kernel of this interpreter, used by papermill and `workbench lab`
+
+
+def kernel_dir() -> Path:
+    """Where this interpreter's kernel specs live (``<sys.prefix>/share/jupyter``); run_notebook and `workbench lab`
+    put it first on JUPYTER_PATH, so the ``ssl-workbench`` kernel is this Python even where a user-wide kernel of
+    the same name (another checkout's) exists."""
+    return Path(sys.prefix) / "share" / "jupyter"
+
+
 def ensure_kernel(kernel_name: str | None = None) -> str:
-    """Return a kernel name that exists; for the default ``python3`` install ipykernel's spec into sys.prefix
-    when no spec is found (the kernel then runs this interpreter, so the venv's packages are importable)."""
+    """Return a kernel name that exists. The default, ``ssl-workbench``, is installed into this interpreter's
+    prefix (``kernel_dir()``) when missing or when it runs another Python; another name must exist already, except
+    ``python3`` (ipykernel's own spec, installed like ssl-workbench when absent)."""
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-    name = kernel_name or "python3"
-    try:
-        KernelSpecManager().get_kernel_spec(name)
+    name = kernel_name or KERNEL_NAME
+    if name not in (KERNEL_NAME, "python3"):
+        KernelSpecManager().get_kernel_spec(name)  # NoSuchKernel names it
         return name
-    except NoSuchKernel:
-        if name != "python3":
-            raise
-    from ipykernel.kernelspec import install
-    install(prefix=sys.prefix)
+    spec_file = kernel_dir() / "kernels" / name / "kernel.json"
+    try:
+        argv = json.loads(spec_file.read_text()).get("argv") or [""]
+        current = os.path.abspath(argv[0]) == os.path.abspath(sys.executable)  # not resolved: venvs link one python
+    except (OSError, ValueError):
+        current = False
+    if not current:
+        if name == "python3":
+            try:
+                KernelSpecManager().get_kernel_spec(name)
+                return name
+            except NoSuchKernel:
+                pass
+        from ipykernel.kernelspec import install
+        version = ".".join(map(str, sys.version_info[:2]))
+        install(kernel_name=name, prefix=sys.prefix,
+                display_name=f"SSL Workbench (Python {version})" if name == KERNEL_NAME else None)
     return name
+
+
+def jupyter_env() -> dict[str, str]:
+    """JUPYTER_PATH with this interpreter's kernels first (see ``kernel_dir``)."""
+    rest = os.environ.get("JUPYTER_PATH", "")
+    return {"JUPYTER_PATH": os.pathsep.join(p for p in (str(kernel_dir()), rest) if p)}
 
 
 # ---- running ------------------------------------------------------------------------------------------------
@@ -192,7 +221,8 @@ def _kernel_env(run: Run) -> dict[str, str]:
     outputs live), progress bars off (tqdm's TQDM_DISABLE; the engine's bar also reads CI: the runner reports
     progress itself, see ``NotebookProgress``), the repo importable from any cwd."""
     env = {ENV_RUN_DIR: str(run.path.resolve()), ENV_DISPLAY: "static", "TQDM_DISABLE": "1",
-           "CI": os.environ.get("CI") or "true", "PYDEVD_DISABLE_FILE_VALIDATION": "1", "MPLBACKEND": "Agg"}
+           "CI": os.environ.get("CI") or "true", "PYDEVD_DISABLE_FILE_VALIDATION": "1", "MPLBACKEND": "Agg",
+           **jupyter_env()}
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     return env
@@ -378,7 +408,7 @@ def run_notebook(path: str | os.PathLike, parameters: Mapping[str, Any] | None =
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
-    path = Path(path)
+    path = find_notebook(path)
     stem = notebook_name or path.stem
     spec = notebook_parameters(path)
     values = validate_parameters(spec, parameters, notebook=str(path), coerce_strings=coerce_strings)
@@ -437,9 +467,36 @@ def run_notebook(path: str | os.PathLike, parameters: Mapping[str, Any] | None =
     return run
 
 
-def repo_notebooks_dir() -> Path:
-    """``notebooks/`` of the source checkout this package runs from."""
-    return Path(__file__).resolve().parents[2] / "notebooks"
+def in_checkout() -> bool:
+    """True when this package runs from a source checkout (its folder beside pyproject.toml and notebooks/)."""
+    root = Path(__file__).resolve().parents[2]
+    return (root / "notebooks").is_dir() and (root / "pyproject.toml").exists()
+
+
+def notebooks_dir() -> Path:
+    """The notebooks that ship with the workbench: ``notebooks/`` of the source checkout this package runs from,
+    else the copy inside the installed package (``workbench/notebooks``, package data of the wheel)."""
+    package = Path(__file__).resolve().parents[1]
+    return package.parent / "notebooks" if in_checkout() else package / "notebooks"
+
+
+repo_notebooks_dir = notebooks_dir  # the earlier name
+
+
+def find_notebook(name: str | os.PathLike) -> Path:
+    """A notebook path as given, or a shipped notebook by name: ``quickstart`` -> 00_quickstart.ipynb,
+    ``tutorial_03_collapse``, ``pretrain.ipynb``. A FileNotFoundError lists the shipped names."""
+    path = Path(name)
+    if path.exists():
+        return path
+    folder = notebooks_dir()
+    shipped = sorted(folder.glob("*.ipynb"))
+    wanted = path.name[:-6] if path.name.endswith(".ipynb") else path.name
+    for nb in shipped:
+        if wanted in (nb.stem, re.sub(r"^\d+_", "", nb.stem)):
+            return nb
+    names = ", ".join(re.sub(r"^\d+_", "", nb.stem) for nb in shipped) or f"(none in {folder})"
+    raise FileNotFoundError(f"notebook {str(name)!r} is neither a file nor a shipped notebook; shipped: {names}")
 
 
 def quickstart(runs_dir: str | os.PathLike = "runs", parameters: Mapping[str, Any] | None = None,
@@ -447,7 +504,7 @@ def quickstart(runs_dir: str | os.PathLike = "runs", parameters: Mapping[str, An
                progress: Callable[[str], None] | None = None) -> Run:
     """The main job: execute notebooks/00_quickstart.ipynb through papermill into a new run under ``runs_dir``
     (``parameters`` override its defaults, e.g. ``{"epochs": 2}``; ``progress`` as in :func:`run_notebook`)."""
-    nb = repo_notebooks_dir() / "00_quickstart.ipynb"
+    nb = notebooks_dir() / "00_quickstart.ipynb"
     return run_notebook(nb, parameters, runs_dir=runs_dir, timeout=timeout, coerce_strings=coerce_strings,
                         progress=progress)
 
