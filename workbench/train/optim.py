@@ -50,27 +50,30 @@ class LARS(Optimizer):
             grads = [p.grad for p in params]
             wd, lr = group["weight_decay"], group["lr"]
             if not group["lars_exclude"]:
-                p_norms = torch._foreach_norm(params)
-                g_norms = torch._foreach_norm(grads)
-                updates = []
-                for p, g, pn, gn in zip(params, grads, p_norms, g_norms):
-                    local = group["eta"] * pn / (gn + wd * pn + group["eps"])
-                    if group["clip_lr"]:
-                        local = torch.clamp(local / lr, max=1.0)
-                    local = torch.where((pn > 0) & (gn > 0), local, torch.ones_like(local))
-                    updates.append(g.add(p, alpha=wd).mul_(local))
+                # the trust ratios of the whole group as one vector [N] (a few ops, whatever N; no host sync)
+                pn = torch.stack(torch._foreach_norm(params))
+                gn = torch.stack(torch._foreach_norm(grads))
+                local = group["eta"] * pn / (gn + wd * pn + group["eps"])
+                if group["clip_lr"]:
+                    local = torch.clamp(local / lr, max=1.0)
+                local = torch.where((pn > 0) & (gn > 0), local, torch.ones_like(local))
+                updates = torch._foreach_add(grads, params, alpha=wd) if wd else [g.clone() for g in grads]
+                torch._foreach_mul_(updates, list(local.unbind()))
             else:
                 updates = list(grads)
-            for p, d in zip(params, updates):
-                state = self.state[p]
-                buf = state.get("momentum_buffer")
-                if group["momentum"] != 0:
-                    if buf is None:
-                        buf = state["momentum_buffer"] = d.detach().clone()
-                    else:
-                        buf.mul_(group["momentum"]).add_(d)
-                    d = buf
-                p.add_(d, alpha=-lr)
+            if group["momentum"] != 0:
+                states = [self.state[p] for p in params]
+                fresh = [i for i, st in enumerate(states) if st.get("momentum_buffer") is None]
+                for i in fresh:  # first step: buf = d
+                    states[i]["momentum_buffer"] = updates[i].detach().clone()
+                started = set(fresh)
+                old = [i for i in range(len(params)) if i not in started]
+                if old:
+                    bufs = [states[i]["momentum_buffer"] for i in old]
+                    torch._foreach_mul_(bufs, group["momentum"])
+                    torch._foreach_add_(bufs, [updates[i] for i in old])
+                updates = [st["momentum_buffer"] for st in states]
+            torch._foreach_add_(params, updates, alpha=-lr)
         return loss
 
 
