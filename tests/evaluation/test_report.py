@@ -71,8 +71,11 @@ def test_cli_evaluate(tiny_run, capsys):
     add_subcommands(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["evaluate", str(tiny_run.path), "--metrics", "knn", "--json", "--no-baselines"])
     assert args.func(args) == 0
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
     assert {r["name"] for r in rows} == {"knn_top1_k10", "knn_top1_k20", "knn_top1_k200"}
+    stages = [line.split("): ", 1)[1] for line in captured.err.splitlines() if "pretrained (1/1): " in line]
+    assert stages == ["features", "knn", "done"]  # progress on stderr, the JSON rows alone on stdout
     assert cli_main([str(tiny_run.path), "--checkpoint", "nope", "--metrics", "knn"]) == 2
     assert "checkpoint 'nope' not found" in capsys.readouterr().err
     # data options after the flags (--data-option) and right after RUN_DIR (positional)

@@ -35,6 +35,7 @@ def add_subcommands(subparsers: "argparse._SubParsersAction") -> argparse.Argume
     p.add_argument("--no-baselines", action="store_true", help="skip the random-init and raw-pixel baselines")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--json", action="store_true", help="print the rows as JSON lines instead of a table")
+    p.add_argument("--quiet", action="store_true", help="no progress lines (model and stage, on stderr)")
     p.add_argument("options", nargs="*", metavar="key=value",
                    help="data-set options right after RUN_DIR, e.g. size=32 n=2000")
     p.add_argument("--data-option", "-o", action="append", default=[], metavar="key=value",
@@ -51,7 +52,8 @@ def run_command(args: argparse.Namespace) -> int:
         table = evaluate(args.run_dir, data=args.data, metrics=args.metrics, checkpoint=args.checkpoint,
                          baselines=not args.no_baselines,
                          data_options=parse_pairs([*args.options, *args.data_option], "data option", "size=32"),
-                         device=args.device, adapt=args.adapt)
+                         device=args.device, adapt=args.adapt,
+                         progress=None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)))
     except (FileNotFoundError, ValueError) as e:
         print(f"workbench evaluate: error: {e}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch.nn as nn
@@ -126,7 +126,7 @@ def _rows(model: str, values: dict[str, float], split: str, settings: dict[str, 
 def evaluate(run: Any, data: Any = None, metrics: str | Sequence[str] = DEFAULT_METRICS, checkpoint: str = "last",
              baselines: bool | Sequence[str] = True, *, data_options: dict[str, Any] | None = None,
              options: EvalOptions | dict[str, Any] | None = None, device: str = "auto", adapt: bool = False,
-             write_summary: bool = True, progress: bool = False) -> pd.DataFrame:
+             write_summary: bool = True, progress: bool | Callable[[str], None] = False) -> pd.DataFrame:
     """Evaluate a run (or a Backbone, with ``data`` given) -> DataFrame(model, name, value, split, settings).
 
     metrics: any of ``METRICS`` ("knn", "linear", "label_free", "kmeans", "silhouette", "factors",
@@ -172,6 +172,13 @@ def evaluate(run: Any, data: Any = None, metrics: str | Sequence[str] = DEFAULT_
     base = {"data": data_name, "adapted": bool(adapt), "checkpoint": checkpoint if r is not None else None,
             "n_train": len(train_ds), "n_test": len(test_ds)}
     t_start = time.time()
+    say = progress if callable(progress) else ((lambda line: print(line, flush=True)) if progress else None)
+
+    def note(model_name: str, stage: str) -> None:  # a progress line per model and stage
+        if say is not None:
+            say(f"[{time.time() - t_start:6.1f}s] {model_name} ({list(models).index(model_name) + 1}/{len(models)}): "
+                f"{stage}")
+
     pairs = preset = None
     if "label_free" in metrics:  # two augmented views of the same test images, drawn once for every model
         preset, overrides = _preset_for(trained)
@@ -180,15 +187,18 @@ def evaluate(run: Any, data: Any = None, metrics: str | Sequence[str] = DEFAULT_
         baseline = None if model_name == "pretrained" else model_name
         needs_features = any(m in metrics for m in ("knn", "linear", "label_free", "kmeans", "silhouette", "factors"))
         if needs_features:
+            note(model_name, "features")
             kw = dict(checkpoint=checkpoint, baseline=baseline, mean=mean, std=std, batch_size=opts.batch_size,
                       device=device, seed=opts.seed)
             ftr = extract_features(trained, train_ds, **kw)
             fte = extract_features(trained, test_ds, **kw)
         settings = {**base, "dim": int(ftr.dim) if needs_features else None}
         if "knn" in metrics:
+            note(model_name, "knn")
             rows += _rows(model_name, knn_eval(ftr, fte, opts.knn_ks, opts.knn_temperature, device=device), "test",
                           {**settings, "temperature": opts.knn_temperature, "fit_split": "train"})
         if "linear" in metrics:
+            note(model_name, "linear")
             res = linear_probe(ftr, fte, seed=opts.seed, device=device)
             vals = {"linear_top1": res.top1}
             if res.top5 is not None:
@@ -197,6 +207,7 @@ def evaluate(run: Any, data: Any = None, metrics: str | Sequence[str] = DEFAULT_
                                                      "val_top1": {str(k): v for k, v in res.val_top1.items()},
                                                      "fit_split": "train"})
         if "label_free" in metrics:
+            note(model_name, "label_free")
             views = view_features(encoder, test_ds, device=device, pairs=pairs)
             rows += _rows(model_name, label_free_metrics(fte, views, seed=opts.seed), "test",
                           {**settings, "preset": preset})
@@ -204,9 +215,11 @@ def evaluate(run: Any, data: Any = None, metrics: str | Sequence[str] = DEFAULT_
             rows += _rows(model_name, kmeans_scores(fte, max_points=opts.cluster_points, seed=opts.seed), "test",
                           {**settings, "features": "l2-normalised"})
         if "silhouette" in metrics:
+            note(model_name, "silhouette")
             rows += _rows(model_name, umap_silhouette(fte, max_points=opts.silhouette_points, seed=opts.seed),
                           "test", {**settings, "points": opts.silhouette_points})
         if "factors" in metrics and ftr.factors:
+            note(model_name, "factor probes")
             table = factor_probes(ftr, fte, seed=opts.seed, device=device)
             for rec in table.to_dict("records"):
                 rows += _rows(model_name, {f"factor_{rec['factor']}_{rec['metric']}": rec["value"]}, "test",
@@ -214,6 +227,7 @@ def evaluate(run: Any, data: Any = None, metrics: str | Sequence[str] = DEFAULT_
                                "num_values": rec["num_values"]})
         if "finetune" in metrics:
             for frac in opts.fractions:
+                note(model_name, f"fine-tuning on {frac:.0%} of the labels")
                 tag = f"{frac * 100:g}pct"
                 ft = few_label_finetune(encoder, train_ds, test_ds, frac, epochs=opts.finetune_epochs,
                                         min_steps=opts.finetune_min_steps, seed=opts.seed, mean=mean, std=std,
@@ -227,8 +241,7 @@ def evaluate(run: Any, data: Any = None, metrics: str | Sequence[str] = DEFAULT_
                                  min_steps=opts.distill_min_steps, seed=opts.seed, mean=mean, std=std, device=device)
                     rows += _rows(model_name, {f"distill_top1_{tag}": ds.top1}, "test",
                                   {**settings, **ds.settings, "teacher_top1": ds.teacher_top1})
-        if progress:
-            print(f"evaluated {model_name} in {time.time() - t_start:.1f}s", flush=True)
+        note(model_name, "done")
 
     table = pd.DataFrame(rows, columns=COLUMNS)
     if r is not None and write_summary:
