@@ -105,10 +105,12 @@ def build_optimizer(name: str, groups: list[dict], lr: float, weight_decay: floa
         raise ValueError("the method has no trainable parameters to optimize")
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    # on CUDA the fused kernels: one launch per step for all parameters, step counters on the device
+    fused = {"fused": True} if all(p.is_cuda for g in groups for p in g["params"]) else {}
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=tuple(betas), **fused)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, **fused)
     raise ValueError(f"unknown optimizer {name!r}; choose one of ['lars', 'adamw', 'sgd']")
 
 
