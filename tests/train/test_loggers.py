@@ -125,4 +125,9 @@ def test_projector_export_writes_vectors_labels_and_a_sprite(tmp_path):
     assert sprite.size == (4 * 20, 4 * 20)  # ceil(sqrt(10)) thumbnails a side
     with pytest.raises(ValueError, match="3 labels for 10 vectors"):
         export_projector(tmp_path / "bad", feats, labels=["a", "b", "c"])
+    # an evaluated embedding: a FeatureSet's labels become its class names
+    from workbench.trained.features import FeatureSet
+    fs = FeatureSet(feats, torch.tensor([0, 1] * 5), class_names=["circle", "square"])
+    out = export_projector(tmp_path / "fs", fs, images=images)
+    assert (out / "00000" / "embedding" / "metadata.tsv").read_text().split() == ["circle", "square"] * 5
     assert math.isfinite(float(feats.sum()))

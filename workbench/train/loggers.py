@@ -286,13 +286,23 @@ def log_summary(run: Any, values: Mapping[str, Any]) -> list[str]:
 def export_projector(log_dir: str | os.PathLike, features: Any, labels: Sequence[Any] | None = None,
                      images: Any = None, tag: str = "embedding", step: int = 0,
                      thumbnail: int = 32) -> Path:
-    """Write an embedding for TensorBoard's projector: ``features`` [N, D] (the vectors), ``labels`` (N names or
-    class ids: the metadata), ``images`` [N, C, H, W] (uint8 or floats in [0, 1]; resized to ``thumbnail`` px for
-    the sprite). Returns the folder (``tensorboard --logdir`` it, then the Projector tab)."""
+    """Write an embedding for TensorBoard's projector: ``features`` [N, D] (the vectors) or an evaluated
+    ``FeatureSet`` (``workbench.trained.extract_features``: its labels, as class names, become the metadata),
+    ``labels`` (N names or class ids), ``images`` [N, C, H, W] (uint8 or floats in [0, 1]; resized to ``thumbnail``
+    px for the sprite). Returns the folder (``tensorboard --logdir`` it, then the Projector tab)::
+
+        feats = extract_features(run, test_set)        # the embedding an evaluation used
+        export_projector(run.path / "tensorboard", feats, images=test_set.images)
+    """
     import torch
     from torch.utils.tensorboard import SummaryWriter
 
     check_loggers(["tensorboard"], owner="export_projector")
+    if hasattr(features, "features") and hasattr(features, "labels"):  # a FeatureSet
+        names = list(getattr(features, "class_names", None) or [])
+        if labels is None:
+            labels = [names[i] if 0 <= i < len(names) else str(i) for i in features.labels.tolist()]
+        features = features.features
     mat = torch.as_tensor(features).detach().float().cpu()
     if mat.dim() != 2:
         raise ValueError(f"export_projector: features must be [N, D], got shape {tuple(mat.shape)}")
