@@ -122,3 +122,18 @@ def test_raw_pixels_module():
     m = RawPixels(8, 2)
     x = torch.randn(3, 2, 8, 8)
     assert m.feature_dim == 128 and torch.equal(m(x), x.flatten(1))
+
+
+def test_cache_key_holds_the_pass_arithmetic(tmp_path, data, backbone, monkeypatch):
+    """Features computed with TF32 matmuls (a CUDA process that trained first) are not served to an fp32 pass."""
+    train, _ = data
+    calls = []
+    real = features_mod.encode
+    monkeypatch.setattr(features_mod, "encode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    extract_features(backbone, train, cache_dir=tmp_path)
+    monkeypatch.setattr(features_mod, "_pass_precision", lambda device: "fp32-tf32")
+    extract_features(backbone, train, cache_dir=tmp_path)
+    assert len(calls) == 2
+    assert features_mod._pass_precision.__name__ == "<lambda>"
+    monkeypatch.undo()
+    assert features_mod._pass_precision(torch.device("cpu")) == "fp32"  # a CPU pass is plain fp32 whatever the setting

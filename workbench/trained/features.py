@@ -3,7 +3,8 @@
 ``extract_features(source, dataset)`` accepts every source :func:`load_trained` accepts, and the baselines that
 every report sets beside it go through the same path: ``"random_init"`` (the same architecture, fresh weights)
 and ``"raw_pixels"`` (normalised pixels, flattened). Features of a run are cached under ``run/cache/`` keyed by
-the checkpoint file (mtime and size), the data's contents, the normalisation and the device type, so notebooks
+the checkpoint file (mtime and size), the data's contents, the normalisation, the device type and the pass's
+arithmetic (fp32, or TF32 matmuls on CUDA), so notebooks
 and repeated reports do not recompute them; raw pixels are never cached (they are the data itself). A backbone
 spec (``timm:...``), which has no run folder, caches in ``user_cache_dir()`` keyed by its weights' contents.
 """
@@ -234,7 +235,7 @@ def extract_features(source: Any, dataset: ImageDataset | torch.Tensor, *, check
     if cache and root is not None and baseline != "raw_pixels":
         key = {"v": CACHE_VERSION, "baseline": baseline, "seed": seed if baseline == "random_init" else None,
                **_source_stamp(trained), "data": dataset_fingerprint(dataset), "mean": mean_t, "std": std_t,
-               "device": resolve_device(device).type}
+               "device": resolve_device(device).type, "precision": _pass_precision(resolve_device(device))}
         stem = trained.checkpoint.stem if trained.checkpoint is not None else type(trained.backbone).__name__
         path = cache_path(root, key, f"{stem}-{baseline or 'pretrained'}-{dataset.name}-{dataset.split}")
         hit = _load_cached(path)
@@ -251,6 +252,13 @@ def extract_features(source: Any, dataset: ImageDataset | torch.Tensor, *, check
         atomic_torch_save({"features": feats, "meta": meta, "key": json.dumps(key, sort_keys=True, default=str)},
                           path)
     return _feature_set(feats, dataset, meta)
+
+
+def _pass_precision(device: torch.device) -> str:
+    """The arithmetic of a feature pass, part of the cache key: fp32, or fp32 with TF32 matmuls on CUDA when the
+    process allows them (``workbench.device.configure_cuda``, set by a training run in the same process)."""
+    tf32 = device.type == "cuda" and torch.get_float32_matmul_precision() != "highest"
+    return "fp32-tf32" if tf32 else "fp32"
 
 
 def _feature_set(features: torch.Tensor, dataset: ImageDataset, meta: dict[str, Any]) -> FeatureSet:
