@@ -134,6 +134,5 @@ def test_cache_key_holds_the_pass_arithmetic(tmp_path, data, backbone, monkeypat
     monkeypatch.setattr(features_mod, "_pass_precision", lambda device: "fp32-tf32")
     extract_features(backbone, train, cache_dir=tmp_path)
     assert len(calls) == 2
-    assert features_mod._pass_precision.__name__ == "<lambda>"
     monkeypatch.undo()
     assert features_mod._pass_precision(torch.device("cpu")) == "fp32"  # a CPU pass is plain fp32 whatever the setting
