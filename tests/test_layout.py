@@ -21,6 +21,7 @@ LAYERS = [
     {"workbench.train"},
     {"workbench.trained"},
     {"workbench.evaluation", "workbench.inspect"},
+    {"workbench.executors"},
     {"workbench.experiments"},
     {"workbench.cli", "workbench"},
     {"widgets"},

@@ -195,8 +195,12 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from workbench import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        __version__ = version("ssl-workbench")  # the installed distribution's (pyproject: workbench.__version__)
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        __version__ = "unknown (not installed)"
     parser = _Parser(prog="workbench", description="SSL Workbench: self-supervised pretraining, evaluation, notebooks")
     parser.add_argument("--version", action="version", version=f"ssl-workbench {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
