@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..runs import Run, indexed_runs
-from .runner import DEFAULT_TIMEOUT, NotebookError, notebook_parameters, run_notebook, validate_parameters
+from .runner import (DEFAULT_TIMEOUT, NotebookError, find_notebook, notebook_parameters, run_notebook,
+                     validate_parameters)
 
 
 def _key(values: Mapping[str, Any]) -> str:
@@ -72,7 +73,7 @@ def sweep(path: str | os.PathLike, grid: Mapping[str, list], runs_dir: str | os.
     """
     import pandas as pd
 
-    path = Path(path).resolve()
+    path = find_notebook(path).resolve()  # a path, or a shipped notebook's name
     runs_dir = Path(runs_dir).resolve()
     spec = notebook_parameters(path)
     fixed = dict(parameters or {})
