@@ -42,6 +42,56 @@ def uniformity(z: torch.Tensor, t: float = 2.0, max_points: int = 10000) -> floa
     return float(torch.logsumexp(-t * sq, dim=0) - torch.log(torch.tensor(float(sq.numel()))))
 
 
+def wasserstein_uniformity(z: torch.Tensor) -> float:
+    """W2 distance from the L2-normalised rows of z [N, D] to the uniform distribution on the sphere (Fang et al.
+    2024, "Rethinking the Uniformity Metric in Self-Supervised Learning"); lower is more uniform.
+
+    Both sides are taken as Gaussians, the uniform sphere as N(0, I / D): W2^2 = ||mu||^2 + 1 + tr(S)
+    - (2 / sqrt(D)) tr(S^(1/2)), with mu, S the mean and covariance of the normalised rows. Unlike Wang & Isola's
+    uniformity it keeps growing as the embedding collapses onto fewer dimensions (0 for isotropic embeddings,
+    sqrt(2) for all rows on one point).
+    """
+    x = F.normalize(z.detach().double(), dim=1)
+    mu = x.mean(dim=0)
+    cov = (x - mu).T @ (x - mu) / x.shape[0]
+    root_trace = torch.linalg.eigvalsh(cov).clamp(min=0).sqrt().sum()        # tr(S^(1/2)) of a PSD matrix
+    w2_sq = mu.pow(2).sum() + 1 + cov.trace() - 2 / x.shape[1] ** 0.5 * root_trace
+    return float(w2_sq.clamp(min=0).sqrt())
+
+
+def lidar(views: torch.Tensor, delta: float = 1e-4, eps: float = 1e-7) -> float:
+    """LiDAR (Thilak et al. 2023): effective rank of the LDA matrix that treats each image as a class and its
+    augmented views as the class's samples. views [n, q, D]: q >= 2 embeddings of each of n images.
+
+    S_b = covariance of the n per-image means, S_w = mean within-image covariance + delta * I; LiDAR = exp of the
+    entropy of the normalised eigenvalues of S_w^(-1/2) S_b S_w^(-1/2). High: many directions tell images apart
+    beyond what augmentation moves; RankMe's counterpart that ignores augmentation noise.
+    """
+    if views.dim() != 3 or views.shape[1] < 2:
+        raise ValueError(f"lidar needs views [n, q, D] with q >= 2 views per image, got {tuple(views.shape)}")
+    e = views.detach().double()
+    n, q, d = e.shape
+    means = e.mean(dim=1)                                                   # [n, D]
+    centred = means - means.mean(dim=0)
+    s_b = centred.T @ centred / n
+    within = (e - means[:, None]).reshape(n * q, d)
+    s_w = within.T @ within / (n * q) + delta * torch.eye(d, dtype=e.dtype)
+    evals, evecs = torch.linalg.eigh(s_w)
+    inv_root = evecs @ torch.diag(evals.rsqrt()) @ evecs.T
+    lam = torch.linalg.eigvalsh(inv_root @ s_b @ inv_root).clamp(min=0)
+    p = lam / lam.sum() + eps
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def singular_spectrum(z: torch.Tensor) -> torch.Tensor:
+    """Singular values of the centred, L2-normalised rows of z [N, D], largest first -> float64 [min(N, D)].
+
+    The dimensional-collapse picture: a healthy embedding decays slowly, a collapsed one drops to ~0 after a few.
+    """
+    x = F.normalize(z.detach().double(), dim=1)
+    return torch.linalg.svdvals(x - x.mean(dim=0))
+
+
 @torch.no_grad()
 def weighted_knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                          k: int = 20, temperature: float = 0.07, num_classes: int | None = None,

@@ -12,7 +12,8 @@ from workbench.trained import FeatureSet
 from workbench.evaluation import (class_balanced_subset, factor_probes, fit_logistic, kmeans_scores,
                                 knn_eval, label_free_metrics, linear_probe, ridge_r2, topk_accuracy)
 from workbench.evaluation.linear import standardize_stats
-from workbench.metrics import alignment, normalized_std, rankme, uniformity, weighted_knn_predict
+from workbench.metrics import (alignment, lidar, normalized_std, rankme, uniformity, wasserstein_uniformity,
+                               weighted_knn_predict)
 
 
 def clusters(n: int, dim: int, classes: int, spread: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,6 +158,44 @@ def test_alignment_uniformity_std_on_hand_built_points():
     assert lf["alignment"] == pytest.approx(4.0) and lf["uniformity"] == pytest.approx(uniformity(cross))
 
 
+def test_wasserstein_uniformity_known_values_reference_and_dimensional_collapse():
+    assert wasserstein_uniformity(torch.ones(100, 16)) == pytest.approx(math.sqrt(2))   # one point: mu = 1, S = 0
+    z = torch.randn(4000, 128, generator=torch.Generator().manual_seed(0))
+    assert wasserstein_uniformity(z) < 0.15                                         # isotropic: near the sphere
+    # an independent reference: the formula evaluated with numpy's eigendecomposition
+    x = F.normalize(torch.randn(500, 32, generator=torch.Generator().manual_seed(1)) + 0.5, dim=1).double().numpy()
+    mu, cov = x.mean(0), np.cov(x.T, bias=True)
+    lam, q = np.linalg.eigh(cov)
+    root = q @ np.diag(np.sqrt(lam.clip(0))) @ q.T
+    expected = math.sqrt(mu @ mu + 1 + np.trace(cov - 2 / math.sqrt(32) * root))
+    assert wasserstein_uniformity(torch.from_numpy(x)) == pytest.approx(expected, rel=1e-7)
+    # the paper's point: keep half the dimensions and Wang & Isola's uniformity barely moves, W2 jumps
+    half = z.clone()
+    half[:, 64:] = 0
+    assert uniformity(half) - uniformity(z) < 0.1
+    assert wasserstein_uniformity(half) - wasserstein_uniformity(z) > 0.5
+
+
+def test_lidar_hand_built_lda_and_invariance():
+    # 4 images, 2 views each: image means (2,0), (-2,0), (0,1), (0,-1) -> S_b = diag(2, 0.5); views at -+0.5 along
+    # x (images 0, 1) or y (images 2, 3) -> S_w = diag(0.125, 0.125) + delta; whitened eigenvalues in ratio 4 : 1
+    means = torch.tensor([[2.0, 0], [-2, 0], [0, 1], [0, -1]])
+    offsets = torch.tensor([[0.5, 0], [0.5, 0], [0, 0.5], [0, 0.5]])
+    views = torch.stack([means - offsets, means + offsets], dim=1)                  # [4, 2, 2]
+    p = torch.tensor([0.8, 0.2]) + 1e-7
+    assert lidar(views) == pytest.approx(float(torch.exp(-(p * p.log()).sum())), rel=1e-5)
+    # LDA does not care about an invertible linear map of the embedding (delta aside)
+    g = torch.Generator().manual_seed(0)
+    rich = torch.randn(300, 1, 16, generator=g) * 3 + torch.randn(300, 3, 16, generator=g)
+    mix = torch.randn(16, 16, generator=g) + 4 * torch.eye(16)
+    assert lidar(rich @ mix, delta=1e-9) == pytest.approx(lidar(rich, delta=1e-9), rel=1e-4)
+    # more directions that separate images than augmentations move -> higher LiDAR
+    few = torch.cat([torch.randn(300, 1, 2, generator=g) * 3, torch.zeros(300, 1, 14)], dim=2)
+    assert lidar(few + torch.randn(300, 3, 16, generator=g)) < lidar(rich) - 5
+    with pytest.raises(ValueError, match="q >= 2"):
+        lidar(torch.randn(10, 1, 4))
+
+
 # -- clustering ------------------------------------------------------------------------------------------
 def test_kmeans_nmi_ari_on_known_partitions():
     # four tight clusters of 5 points on orthogonal axes: k-means (k=4) finds exactly them
@@ -164,6 +203,8 @@ def test_kmeans_nmi_ari_on_known_partitions():
     x = torch.eye(4, 8)[cluster] * 5 + 0.01 * torch.randn(20, 8, generator=torch.Generator().manual_seed(0))
     same = kmeans_scores(x, labels=torch.tensor([2, 0, 3, 1])[cluster], n_clusters=4)  # permuted names
     assert same["kmeans_nmi"] == pytest.approx(1.0) and same["kmeans_ari"] == pytest.approx(1.0)
+    for algo in ("kmeans", "agglomerative"):      # Ward finds the same four clusters; AMI is 1 on a perfect match
+        assert same[f"{algo}_ami"] == pytest.approx(1.0) and same[f"{algo}_nmi"] == pytest.approx(1.0)
     # labels merge clusters in pairs: I = H(labels) = ln 2, H(clusters) = ln 4 -> NMI = ln 2 / (1.5 ln 2) = 2/3;
     # ARI: sum_ij C(5,2) = 40, rows 40, columns 2 C(10,2) = 90, C(20,2) = 190
     #      -> (40 - 40*90/190) / (65 - 40*90/190) = 16/35
@@ -174,6 +215,7 @@ def test_kmeans_nmi_ari_on_known_partitions():
     noise = torch.randint(0, 4, (2000,), generator=torch.Generator().manual_seed(1))
     indep = kmeans_scores(big, labels=noise, n_clusters=4)
     assert abs(indep["kmeans_nmi"]) < 0.01 and abs(indep["kmeans_ari"]) < 0.01
+    assert abs(indep["kmeans_ami"]) < 0.01 and abs(indep["agglomerative_ami"]) < 0.01
 
 
 def test_kmeans_scores_separated_vs_random():

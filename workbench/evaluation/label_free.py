@@ -1,10 +1,11 @@
 """Label-free metrics, usable on a user's unlabeled data.
 
-- RankMe, std of L2-normalised embeddings, alignment and uniformity: the implementations in
-  ``workbench.metrics`` (shared with the engine's live monitors); alignment needs features of two
+- RankMe, std of L2-normalised embeddings, alignment, Wang & Isola's uniformity and the Wasserstein uniformity
+  of Fang et al. 2024 (which, unlike the former, sees dimensional collapse), and LiDAR: the implementations in
+  ``workbench.metrics`` (shared with the engine's live monitors); alignment and LiDAR need features of two
   augmented views of the same images (``view_features``, with the run's augmentation preset).
-- k-means on L2-normalised features (scikit-learn), scored against labels where they exist with NMI
-  (arithmetic-mean normaliser) and ARI, both scikit-learn's.
+- k-means and agglomerative (Ward) clustering of L2-normalised features (scikit-learn), scored against labels
+  where they exist with NMI (arithmetic-mean normaliser), AMI and ARI, all scikit-learn's.
 - Silhouette score in a UMAP-reduced space (2-D and 10-D): UMAP (umap-learn, min_dist=0), k-means in the
   reduced space, silhouette of those clusters there. Lowe et al. 2024 ("An empirical study into clustering of
   unseen datasets with self-supervised encoders") find it tracks clustering quality without labels.
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from workbench.data.base import ImageDataset
 from workbench.models.encode import encode
 from workbench.trained import FeatureSet
-from workbench.metrics import alignment, normalized_std, rankme, uniformity
+from workbench.metrics import alignment, lidar, normalized_std, rankme, uniformity, wasserstein_uniformity
 
 
 def _features(x: FeatureSet | torch.Tensor) -> torch.Tensor:
@@ -31,16 +32,19 @@ def _features(x: FeatureSet | torch.Tensor) -> torch.Tensor:
 def label_free_metrics(features: FeatureSet | torch.Tensor,
                        views: tuple[torch.Tensor, torch.Tensor] | None = None,
                        max_points: int = 10000, seed: int = 0) -> dict[str, float]:
-    """{"rankme", "std", "uniformity"} of features [N, D] (+ "alignment" given two views' features [M, D] each).
+    """{"rankme", "std", "uniformity", "w2_uniformity"} of features [N, D] (+ "alignment" and "lidar" given two
+    views' features [M, D] each; LiDAR here uses those two views per image, its paper draws more).
 
     RankMe uses at most ``max_points`` rows (a seeded random subset; SVD cost), uniformity likewise.
     """
     z = _features(features).float()
     if z.shape[0] > max_points:
         z = z[torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points]]
-    out = {"rankme": rankme(z), "std": normalized_std(z), "uniformity": uniformity(z, max_points=max_points)}
+    out = {"rankme": rankme(z), "std": normalized_std(z), "uniformity": uniformity(z, max_points=max_points),
+           "w2_uniformity": wasserstein_uniformity(z)}
     if views is not None:
         out["alignment"] = alignment(views[0], views[1])
+        out["lidar"] = lidar(torch.stack([views[0].float(), views[1].float()], dim=1))
     return out
 
 
@@ -89,10 +93,14 @@ def kmeans_clusters(x: np.ndarray | torch.Tensor, n_clusters: int, seed: int = 0
 
 
 def kmeans_scores(features: FeatureSet | torch.Tensor, labels: torch.Tensor | None = None,
-                  n_clusters: int | None = None, max_points: int = 20000, seed: int = 0) -> dict[str, float]:
-    """k-means (k = number of classes unless given) on L2-normalised features -> {"kmeans_nmi", "kmeans_ari"}.
+                  n_clusters: int | None = None, max_points: int = 20000, seed: int = 0,
+                  agglomerative_points: int = 4000) -> dict[str, float]:
+    """Clusters of L2-normalised features scored against labels -> {"kmeans_nmi", "kmeans_ami", "kmeans_ari",
+    "agglomerative_nmi", "agglomerative_ami", "agglomerative_ari"}; k = number of classes unless given.
 
-    Uses at most ``max_points`` rows (seeded subset).
+    k-means uses at most ``max_points`` rows, Ward agglomerative clustering (memory O(n^2)) at most
+    ``agglomerative_points`` (seeded subsets; 0 turns agglomerative off). AMI corrects NMI for chance, which
+    matters with many clusters or few points.
     """
     z = _features(features).float()
     if labels is None:
@@ -102,15 +110,23 @@ def kmeans_scores(features: FeatureSet | torch.Tensor, labels: torch.Tensor | No
         labels = features.labels
     if n_clusters is None:
         n_clusters = int(torch.unique(labels).numel())
-    if z.shape[0] > max_points:
-        keep = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points]
-        z, labels = z[keep], labels[keep]
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+    order = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(seed))
+    from sklearn.cluster import AgglomerativeClustering
+    from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
 
-    clusters = kmeans_clusters(F.normalize(z, dim=1), n_clusters, seed)
-    y = labels.cpu().numpy()
-    return {"kmeans_nmi": float(normalized_mutual_info_score(y, clusters)),
-            "kmeans_ari": float(adjusted_rand_score(y, clusters))}
+    def scores(name: str, y: np.ndarray, clusters: np.ndarray) -> dict[str, float]:
+        return {f"{name}_nmi": float(normalized_mutual_info_score(y, clusters)),
+                f"{name}_ami": float(adjusted_mutual_info_score(y, clusters)),
+                f"{name}_ari": float(adjusted_rand_score(y, clusters))}
+
+    keep = order[:max_points]
+    out = scores("kmeans", labels[keep].cpu().numpy(), kmeans_clusters(F.normalize(z[keep], dim=1), n_clusters, seed))
+    if agglomerative_points > 0:
+        keep = order[:agglomerative_points]
+        ward = AgglomerativeClustering(n_clusters=n_clusters, linkage="ward")
+        out.update(scores("agglomerative", labels[keep].cpu().numpy(),
+                          ward.fit_predict(F.normalize(z[keep], dim=1).numpy())))
+    return out
 
 
 def umap_silhouette(features: FeatureSet | torch.Tensor, n_clusters: int | None = None,
