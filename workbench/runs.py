@@ -38,12 +38,25 @@ import torch
 
 from workbench.config import ConfigError
 
-STATUSES = ("created", "running", "completed", "failed", "interrupted")
+STATUSES = ("created", "running", "completed", "stopped", "failed", "interrupted")  # stopped: stop() ended it early
 LINKS_FILE = "links.json"  # named links to other run folders (a notebook run -> the run it trained)
 LOCK_FILE = ".lock"        # the writer lock of a run folder (content: the holder's pid, host, start time)
 TMP_SUFFIX = ".tmp"        # temporary files of the atomic writers are named .<file>.<random>.tmp
 PARAMETERS_FILE = "parameters.json"  # a notebook run's notebook name and parameters (workbench.experiments)
 INDEX_DIR = ".index"       # under a runs folder: the runs index (runs.json snapshot, log.jsonl updates, lock)
+
+
+def status_text(status: dict[str, Any]) -> str:
+    """A status.json record as a person reads it: "completed", "stopped at epoch 9.7 of 25" (stop() ended the run
+    before its course; ``epoch``/``epochs`` or ``step``/``total_steps``), "failed", ..."""
+    state = str(status.get("status", "?"))
+    if state != "stopped":
+        return state
+    epoch, epochs = status.get("epoch"), status.get("epochs")
+    if isinstance(epoch, (int, float)) and isinstance(epochs, (int, float)):
+        return f"stopped at epoch {epoch:.1f} of {epochs:g}"
+    step, total = status.get("step"), status.get("total_steps")
+    return f"stopped at step {step} of {total}" if step is not None and total else "stopped"
 
 
 class RunLockedError(RuntimeError):
@@ -472,7 +485,7 @@ class Run:
                 "reason": f"{who} stopped without closing the run (killed?)"}
 
     def set_status(self, status: str, **details: Any) -> None:
-        """Record ``status`` (created/running/completed/failed/interrupted) with details such as ``error`` or
+        """Record ``status`` (created/running/completed/stopped/failed/interrupted) with details such as ``error`` or
         ``step``. A ``running`` record also names this process (pid, host) and the time (``heartbeat``)."""
         if status not in STATUSES:
             raise ValueError(f"status {status!r} is not one of {STATUSES}")
