@@ -149,7 +149,7 @@ class Trainer:
         self._peer_failure: str | None = None
 
     def stop(self) -> None:
-        """Ask the loop to finish after the current step (it saves a checkpoint and marks the run completed)."""
+        """Ask the loop to finish after the current step (it saves a checkpoint and marks the run stopped)."""
         self._stop.set()
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -655,7 +655,7 @@ class Trainer:
         return run if run is not None else Run(Path(c.out))
 
     def _finish(self, last_loss: float, last_knn: float | None, stopped: str | None, wall: float) -> None:
-        """Write the pretraining summary and mark the run completed (with how it stopped)."""
+        """Write the pretraining summary and mark the run completed, or stopped (stop() before its course)."""
         p, run = self.parts, self.run_record
         trained = self.step - self.start_step
         summary = {"steps": self.step, "epochs": self.step / p.steps_per_epoch, "train_loss": last_loss,
@@ -665,12 +665,13 @@ class Trainer:
                                                "device", "precision")},
                    "train": p.resolved.to_dict(), "total_steps": p.total_steps}
         run.update_summary({"pretrain": summary, "pretrain_knn_acc": last_knn})
-        details = {**self._status, "step": self.step, "total_steps": p.total_steps, "checkpoint": "last"}
-        if stopped == "stopped":
+        details = {**self._status, "step": self.step, "total_steps": p.total_steps, "checkpoint": "last",
+                   "epoch": round(self.step / p.steps_per_epoch, 2), "epochs": self.config.train.epochs}
+        if stopped == "stopped":  # stop() ended it before its course: "stopped", never "completed"
             details["stopped_early"] = True
         elif stopped == "max_steps":
             details["stopped_at_max_steps"] = True
-        run.set_status("completed", **details)
+        run.set_status("stopped" if stopped == "stopped" else "completed", **details)
         self._call("on_end", run.status)
 
 
