@@ -9,6 +9,7 @@ from workbench.config import ConfigError, apply_overrides
 from workbench.train import (DataConfig, ModelConfig, PretrainConfig, TrainConfig, TrainingDiverged, pretrain,
                              start_pretrain)
 from workbench.trained import load_trained
+from workbench.runs import status_text
 
 
 def tiny(data: str, out, method: str = "byol", **train) -> PretrainConfig:
@@ -154,6 +155,9 @@ def test_start_pretrain_runs_in_the_background_and_stops_on_request(blobs_data, 
     assert handle.run.path.is_dir()  # the run folder exists as soon as start_pretrain returns
     run = handle.wait(timeout=120)
     assert handle.done()
-    assert run.status["status"] == "completed" and run.status["stopped_early"] and run.status["step"] == 2
-    assert events == [("start", 200), ("step", 1), ("step", 2), ("end", "completed")]
+    # an early stop is recorded as one: "stopped" (never "completed"), at epoch 2 / (200 steps / 50 epochs) = 0.5
+    assert run.status["status"] == "stopped" and run.status["stopped_early"] and run.status["step"] == 2
+    assert (run.status["epoch"], run.status["epochs"]) == (0.5, 50)
+    assert status_text(run.status) == "stopped at epoch 0.5 of 50"
+    assert events == [("start", 200), ("step", 1), ("step", 2), ("end", "stopped")]
     assert torch.load(run.checkpoint_path("last"), weights_only=True)["step"] == 2

@@ -196,8 +196,8 @@ def add_subcommands(subparsers: "argparse._SubParsersAction") -> None:
     p.add_argument("--ascending", action="store_true", help="with --sort: lowest first")
     p.add_argument("--where", action="append", metavar="KEY=VALUE", help="keep runs where KEY (a column, a metric or "
                    "a notebook parameter) matches: method=simclr, knn_acc>0.5, status!=failed (repeatable: all hold)")
-    p.add_argument("--status", action="append", choices=("created", "running", "completed", "failed", "interrupted",
-                                                         "unreadable"), help="keep runs with this status (repeatable)")
+    p.add_argument("--status", action="append", choices=("created", "running", "completed", "stopped", "failed",
+                                                         "interrupted", "unreadable"), help="keep runs with this status (repeatable)")
     p.add_argument("--limit", type=int, default=None, help="at most N rows (after --sort; without it the newest N)")
     p.add_argument("--json", action="store_true", help="one JSON object per run (all columns and the path)")
     p.add_argument("--all-metrics", action="store_true", help="also show the baselines' metrics (random_init/...)")

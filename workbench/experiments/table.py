@@ -34,8 +34,8 @@ def _entry(run: Run) -> dict[str, Any]:
 
 def run_facts(run: Run | str | os.PathLike) -> dict[str, Any]:
     """run, notebook, method, data, backbone, epochs, status, step and warnings of a run, each read from one named
-    place. ``status`` is ``Run.status`` (created / running / completed / failed / interrupted; a run whose writer
-    died reads interrupted; a corrupt status.json reads ``unreadable``), ``step`` the last step its status recorded,
+    place. ``status`` is ``Run.status`` (created / running / completed / stopped / failed / interrupted; a run whose
+    writer died reads interrupted; a corrupt status.json reads ``unreadable``), ``step`` the last step its status recorded,
     ``warnings`` the kinds of health warning the trainer raised (``constant_loss``, ``collapse``), comma-separated.
 
     method/data/backbone/epochs come from the PretrainConfig (config.json: ``method``, ``data.name``,

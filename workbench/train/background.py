@@ -13,7 +13,7 @@ from workbench.train.engine import Trainer
 class PretrainHandle:
     """A pretraining run in a background thread: ``.run`` (the Run, available at once), ``done()``,
     ``wait() -> Run`` (re-raises the run's exception), ``stop()`` (finish after the current step with a
-    checkpoint; status completed with ``stopped_early``). The trainer must be prepared (``Trainer.prepare``)."""
+    checkpoint; status ``stopped`` with the epoch it reached). The trainer must be prepared (``Trainer.prepare``)."""
 
     def __init__(self, trainer: Trainer):
         self._trainer = trainer.prepare()

@@ -142,7 +142,7 @@ class TensorBoardLogger:
         writer.flush()
 
     def on_end(self, run: Any, status: Mapping[str, Any]) -> None:
-        if status.get("status") == "completed":
+        if status.get("status") in ("completed", "stopped"):  # a stopped run has a summary too
             self.log_summary(run, _pretrain_headline(run), status.get("step"))
         self.close()
 
@@ -221,7 +221,7 @@ class MLflowLogger:
 
     def on_end(self, run: Any, status: Mapping[str, Any]) -> None:
         state = status.get("status")
-        if state == "completed":
+        if state in ("completed", "stopped"):
             self.log_summary(run, _pretrain_headline(run), status.get("step"))
         client, run_id = self._open(run)
         client.set_terminated(run_id, status={"completed": "FINISHED", "failed": "FAILED"}.get(state, "KILLED"))
