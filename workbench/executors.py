@@ -72,7 +72,8 @@ def _call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
 
 
 class LocalExecutor:
-    """Jobs as local processes (spawned, one fresh process per job), each on a slot of its own.
+    """Jobs in local processes, one worker process per slot (spawned with the slot's environment, kept for the
+    slot's next jobs; a notebook job's kernel is a fresh process every time).
 
     ``gpus``: "auto" (every visible GPU; none -> CPU slots), a list of GPU indices, or ``[]`` for CPU slots.
     ``jobs``: jobs at once (default: one per GPU slot, or 1 on a CPU). ``jobs_per_gpu``: jobs sharing one GPU.
@@ -111,19 +112,25 @@ class LocalExecutor:
         for i in range(len(self.slots)):
             self._free.put(i)
         self._threads = cf.ThreadPoolExecutor(max_workers=len(self.slots), thread_name_prefix="workbench-local")
+        self._pools: list[cf.ProcessPoolExecutor | None] = [None] * len(self.slots)
         self._ctx = multiprocessing.get_context("spawn")
 
     def _run_in_slot(self, fn: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
         slot = self._free.get()
         try:
-            with cf.ProcessPoolExecutor(max_workers=1, mp_context=self._ctx, initializer=_pin,
-                                        initargs=(self.slots[slot],)) as pool:
-                return pool.submit(_call, fn, args, kwargs).result()
+            pool = self._pools[slot]
+            if pool is None:  # one worker process per slot, started on first use and kept for its next jobs
+                pool = self._pools[slot] = cf.ProcessPoolExecutor(max_workers=1, mp_context=self._ctx,
+                                                                  initializer=_pin, initargs=(self.slots[slot],))
+            return pool.submit(_call, fn, args, kwargs).result()
+        except cf.process.BrokenProcessPool:
+            self._pools[slot] = None  # the worker died (killed, out of memory): the slot's next job gets a new one
+            raise
         finally:
             self._free.put(slot)
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> cf.Future:
-        """Run ``fn(*args, **kwargs)`` in a fresh process on the next free slot; returns its Future."""
+        """Run ``fn(*args, **kwargs)`` in the worker process of the next free slot; returns its Future."""
         return self._threads.submit(self._run_in_slot, fn, args, kwargs)
 
     def submit_all(self, calls: Iterable[tuple[Callable[..., Any], tuple]]) -> list[cf.Future]:
@@ -131,6 +138,9 @@ class LocalExecutor:
 
     def shutdown(self, wait: bool = True) -> None:
         self._threads.shutdown(wait=wait)
+        for pool in self._pools:
+            if pool is not None:
+                pool.shutdown(wait=wait)
 
     def __enter__(self) -> "LocalExecutor":
         return self
