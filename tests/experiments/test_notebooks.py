@@ -181,7 +181,16 @@ def check_tutorial_label_free(run: Run, tmp_path: Path) -> None:
     collapsed = [n for n in names if "without stop-gradient" in n]
     for name in collapsed:  # the deliberately collapsing run has the lowest rank of the sweep
         assert s[f"rankme/{name}"] == min(s[f"rankme/{n}"] for n in names), s
-    assert "rankme_vs_knn.html" in _pictures(run)
+    for name in names:  # the new label-free columns were measured for every run
+        assert _finite(s[f"w2_uniformity/{name}"]) and 0.0 <= s[f"w2_uniformity/{name}"] <= 2 ** 0.5 + 1e-6, s
+        assert _finite(s[f"lidar/{name}"]) and s[f"lidar/{name}"] >= 1.0, s
+    # section 3's claim, read back: with half the dimensions collapsed the classic uniformity moves by < 0.1,
+    # W2 by > 0.5, and W2 grows with every further dimension lost
+    lost, unif, w2 = s["collapse_lost_fraction"], s["collapse_uniformity"], s["collapse_w2_uniformity"]
+    half = lost.index(0.5)
+    assert abs(unif[half] - unif[0]) < 0.1 and w2[half] - w2[0] > 0.5, s
+    assert all(b > a for a, b in zip(w2, w2[1:])), s
+    assert {"rankme_vs_knn.html", "dimensional_collapse.html"} <= set(_pictures(run))
 
 
 def check_tutorial_semi_supervised(run: Run, tmp_path: Path) -> None:
