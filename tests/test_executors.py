@@ -167,3 +167,35 @@ def test_new_run_dir_is_fixed_at_submission_and_never_reused(tmp_path):
     job = PretrainJob(to_dict(cfg), a)
     again = job.checkpoint()  # submitit's hook: the same run again (which resumes)
     assert again.function.run_dir == str(a) and again.function.config == job.config
+
+
+def test_slurm_options_reach_the_sbatch_script(tmp_path, monkeypatch):
+    """Without a cluster: fake srun/sbatch on the PATH let submitit's SLURM executor render its sbatch file."""
+    pytest.importorskip("submitit", reason="the [slurm] extra (submitit) is not installed")
+    import argparse
+
+    from workbench.executors import SlurmExecutor, add_arguments, from_args
+    monkeypatch.setenv("PATH", os.pathsep.join([str(tmp_path), os.environ["PATH"]]))
+    with pytest.raises(ConfigError, match="--cluster local"):
+        SlurmExecutor(folder=tmp_path / "s", cluster="slurm")  # no srun here yet
+    for tool in ("srun", "sbatch"):
+        (tmp_path / tool).write_text("#!/bin/sh\nexit 0\n")
+        (tmp_path / tool).chmod(0o755)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--executor", "slurm", "--cluster", "slurm", "--partition", "gpu", "--time", "240",
+                              "--nodes", "2", "--gpus-per-node", "8", "--cpus-per-task", "10", "--mem-gb", "64",
+                              "--account", "acc", "--qos", "high"])
+    ex = from_args(args, tmp_path / "runs", jobs=4)
+    assert ex.cluster == "slurm" and ex.nodes * ex.tasks_per_node == 16
+    inner = ex._ex._executor
+    inner.parameters["map_count"] = 6  # what a 6-combination sweep's job array sets
+    script = inner._make_submission_file_text("python -u -m submitit.core._submit F", "uid")
+    for line in ("--partition=gpu", "--time=240", "--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8",
+                 "--cpus-per-task=10", "--mem=64GB", "--account=acc", "--qos=high", "--array=0-5%4",
+                 "--signal=USR2@120", f"--output={tmp_path / 'runs' / '.submitit'}/%A_%a/%A_%a_0_log.out"):
+        assert f"#SBATCH {line}" in script, (line, script)
+    local = from_args(parser.parse_args(["--executor", "local", "--gpus", "none", "--threads", "2"]), tmp_path, jobs=3)
+    assert [s["OMP_NUM_THREADS"] for s in local.slots] == ["2", "2", "2"]
+    with pytest.raises(ConfigError, match="--gpus"):
+        from_args(parser.parse_args(["--executor", "local", "--gpus", "zero"]), tmp_path)

@@ -188,7 +188,11 @@ class SlurmExecutor:
             raise ConfigError(f"SlurmExecutor.cluster={cluster!r} is not allowed; choose None (auto), 'slurm' or "
                               "'local' (submitit's local executor)")
         self.folder = str(folder)
-        self._ex = submitit.AutoExecutor(folder=self.folder, cluster=cluster)
+        try:
+            self._ex = submitit.AutoExecutor(folder=self.folder, cluster=cluster)
+        except RuntimeError as e:  # cluster="slurm" where srun/sbatch are missing
+            raise ConfigError(f"executor 'slurm': {e}; on a machine without SLURM, --cluster local runs the same "
+                              "submission as local processes") from None
         self.cluster = self._ex.cluster
         self.tasks_per_node = tasks_per_node or max(1, gpus_per_node)
         self.nodes = nodes
