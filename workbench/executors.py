@@ -449,8 +449,9 @@ def add_arguments(parser: Any, local: bool = True) -> None:
                         "cluster submission); default: SLURM where sbatch exists")
 
 
-def from_args(args: Any, runs_dir: str | os.PathLike, jobs: int | None = None):
-    """The executor the parsed ``add_arguments`` options describe (None when ``--executor`` was not given)."""
+def from_args(args: Any, runs_dir: str | os.PathLike, jobs: int | None = None, single_task: bool = False):
+    """The executor the parsed ``add_arguments`` options describe (None when ``--executor`` was not given).
+    ``single_task``: one process per job whatever the GPUs per node (a notebook job, which is not a DDP run)."""
     if args.executor is None:
         return None
     if args.executor == "local":
@@ -464,7 +465,8 @@ def from_args(args: Any, runs_dir: str | os.PathLike, jobs: int | None = None):
         return LocalExecutor(jobs=jobs, gpus=gpus, jobs_per_gpu=args.jobs_per_gpu, threads=args.threads)
     folder = args.slurm_folder or str(Path(runs_dir) / ".submitit" / "%j")
     return SlurmExecutor(folder=folder, partition=args.partition, time_min=args.time, nodes=args.nodes,
-                         gpus_per_node=args.gpus_per_node, tasks_per_node=args.tasks_per_node, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
+                         gpus_per_node=args.gpus_per_node,
+                         tasks_per_node=1 if single_task else args.tasks_per_node, cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
                          account=args.account, qos=args.qos, constraint=args.constraint, cluster=args.cluster,
                          array_parallelism=jobs)
 

@@ -69,7 +69,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import sweep
     from ..executors import from_args
     fixed = {name: value for name, value in (args.parameter or [])}
-    executor = from_args(args, args.dir, jobs=args.jobs)
+    executor = from_args(args, args.dir, jobs=args.jobs, single_task=True)  # a notebook job is one process
     table = sweep(args.notebook, _parse_grid(args.grid or []), runs_dir=args.dir, jobs=args.jobs, name=args.name,
                   parameters=fixed, coerce_strings=True, timeout=args.timeout, executor=executor,
                   progress=_progress(args))
