@@ -3,6 +3,7 @@ cached with the run), coloured by label / factor / k-means / kNN correctness; ho
 nearest neighbours in feature space, box or lasso selection the selected images."""
 from __future__ import annotations
 
+import html
 import threading
 from pathlib import Path
 from typing import Any
@@ -67,11 +68,13 @@ class EmbeddingExplorer(WidgetBase):
         self.color_by.options = (["label"] + [f"factor: {f}" for f in self.factors]
                                  + [f"k-means ({self.n_clusters})", "kNN correct"])
         self.coords["PCA"] = self._embed("pca")
-        from workbench.inspect.embedding import scatter_figure
+        from workbench.inspect.embedding import legend_traces, scatter_figure
 
         fig = scatter_figure(self.coords["PCA"], self.coloring("label"), title="PCA")
-        fig.update_traces(hoverinfo="none")
-        fig.update_layout(width=620)
+        fig.update_traces(hoverinfo="none", showlegend=False)
+        fig.update_layout(width=780, showlegend=True, legend=dict(title_text="label", itemclick=False,
+                                                                    itemdoubleclick=False))
+        fig.add_traces(legend_traces(self.coloring("label"), self._legend_name("label")))
         self.fig = go.FigureWidget(fig)
         self.fig.add_class("wb-embedding-plot")
         self._plot_row.children = (self.fig, self._plot_row.children[1])
@@ -84,7 +87,7 @@ class EmbeddingExplorer(WidgetBase):
         if umap == "now":
             self.compute_umap()
         elif umap == "background":
-            self.status.value = "<i>UMAP is computing in the background; PCA shown meanwhile.</i>"
+            self._say("&#9203; computing UMAP… (PCA shown meanwhile; the view switches to UMAP when it is ready)")
             self._umap_thread = threading.Thread(target=self.compute_umap, daemon=True, name="embedding-umap")
             self._umap_thread.start()
 
@@ -132,6 +135,7 @@ class EmbeddingExplorer(WidgetBase):
         if self.labels.shape != (n,):
             raise ValueError(f"labels must have shape ({n},), got {self.labels.shape}")
         self.factors = {k: np.asarray(v) for k, v in (factors or {}).items()}
+        self.factor_names = dict(getattr(ds, "factor_names", None) or {}) if ds is not None else {}
         for kf, v in self.factors.items():
             if v.shape[0] != n:
                 raise ValueError(f"factor {kf!r} has {v.shape[0]} values for {n} points")
@@ -142,14 +146,39 @@ class EmbeddingExplorer(WidgetBase):
 
         return embedding_2d(self.features, method, cache_dir=self.cache_dir)
 
-    @guarded
-    def compute_umap(self) -> np.ndarray:
-        """Compute (or read from the cache) the UMAP coordinates and switch the plot to them."""
-        self.coords["UMAP"] = self._embed("umap")
-        self.status.value = "<i>UMAP ready.</i>"
+    def _say(self, message: str, color: str = "#1e429f", background: str = "#e1effe") -> None:
+        """A one-line state above the plot (HTML ``message``)."""
+        self.status.value = (f"<div style='color:{color};background:{background};padding:4px 8px;"
+                             f"border-radius:4px;display:inline-block'>{message}</div>")
+
+    def compute_umap(self) -> np.ndarray | None:
+        """Compute (or read from the cache) the UMAP coordinates and switch the plot to them; on failure the state
+        line says why and PCA stays (None returned)."""
+        try:
+            self.coords["UMAP"] = self._embed("umap")
+        except Exception as e:  # e.g. umap-learn missing: say so where "computing" was shown
+            self._say(f"UMAP could not be computed ({type(e).__name__}: {html.escape(str(e))}); PCA is shown.",
+                      "#9b1c1c", "#fde8e8")
+            return None
         self.projection.value = "UMAP"
         self._show_projection()
+        self._say("UMAP shown (toggle PCA above).", "#03543f", "#def7ec")
         return self.coords["UMAP"]
+
+    def _legend_name(self, name: str) -> Any:
+        """code -> the name a legend shows for colouring ``name``: class names, factor value names, clusters."""
+        if name == "label":
+            return lambda c: self.class_names[c] if 0 <= c < len(self.class_names) else ("unlabeled" if c < 0
+                                                                                           else str(c))
+        if name.startswith("factor: "):
+            f = name[len("factor: "):]
+            vals = self.factor_names.get(f) or []
+            return lambda c: f"{f}={vals[c]}" if 0 <= c < len(vals) else f"{f}={c}"
+        if name.startswith("k-means"):
+            return lambda c: f"cluster {c}"
+        if name == "kNN correct":
+            return lambda c: "kNN right" if c else "kNN wrong"
+        return None
 
     def label_name(self, i: int) -> str:
         y = int(self.labels[i])
@@ -187,8 +216,18 @@ class EmbeddingExplorer(WidgetBase):
     @guarded
     def _on_color(self, change: Any = None) -> None:
         from workbench.inspect.colors import color_spec
+        from workbench.inspect.embedding import legend_traces
 
-        self.fig.data[0].marker.update(color_spec(self.coloring(self.color_by.value)))
+        name = self.color_by.value
+        values = self.coloring(name)
+        spec = color_spec(values)
+        if spec.get("showscale"):  # a continuous factor: the colour bar is its key, titled with the factor
+            spec["colorbar"] = dict(title=dict(text=name.replace("factor: ", "")), thickness=12)
+        with self.fig.batch_update():
+            self.fig.data[0].marker.update(spec)
+            self.fig.data = self.fig.data[:1]
+            self.fig.add_traces(legend_traces(values, self._legend_name(name)))
+            self.fig.layout.legend.title.text = name.replace("factor: ", "")
         self.clear_error()
 
     @guarded

@@ -17,6 +17,7 @@ import ipywidgets as W
 
 from widgets._base import WidgetBase, guarded
 from workbench.inspect.curves import CURVE_METRICS, collapse_status, curves_figure, series
+from workbench.runs import status_text
 
 
 class TrainingMonitor(WidgetBase):
@@ -69,7 +70,7 @@ class TrainingMonitor(WidgetBase):
             self.start()
 
     def start(self, interval: float | None = None) -> None:
-        """Poll the followed run folder every ``interval`` s in a daemon thread until the run completes or fails."""
+        """Poll the followed run folder every ``interval`` s in a daemon thread until the run ends."""
         if self.run is None or (self._poller is not None and self._poller.is_alive()):
             return
         self.poll_interval = interval or self.poll_interval
@@ -78,7 +79,7 @@ class TrainingMonitor(WidgetBase):
         def loop() -> None:
             while not self._stop_poll.wait(self.poll_interval):
                 self.refresh()
-                if self.run_status.get("status") in ("completed", "failed"):
+                if self.run_status.get("status") in ("completed", "stopped", "failed", "interrupted"):
                     break
 
         self._poller = threading.Thread(target=loop, daemon=True, name="training-monitor")
@@ -143,7 +144,7 @@ class TrainingMonitor(WidgetBase):
                 self.fig.data[k].x, self.fig.data[k].y = x, y
         self.collapse = collapse_status(recs, dim=self.dim)
         name = self.run.path.name if self.run is not None else "run"
-        st = self.run_status.get("status", "?")
+        st = status_text(self.run_status) if self.run_status else "?"
         last = next((r for r in reversed(recs) if r.get("kind", "step") == "step"), {})
         self.header.value = (f"<b>{html.escape(name)}</b> — {st}; step {last.get('step', 0)}"
                              + (f", loss {last['loss']:.4f}" if isinstance(last.get('loss'), float) else "")

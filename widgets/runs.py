@@ -26,16 +26,25 @@ class RunBrowser(WidgetBase):
         self.curve_metrics = metrics
         self.table = None
         self.shown = None
-        self.filter = W.Text(value="", description="filter", placeholder="method, data, status…")
-        self.sort = W.Dropdown(options=["run"], value="run", description="sort by")
-        self.descending = W.Checkbox(value=False, description="descending")
-        self.select = W.SelectMultiple(options=[], description="compare", rows=8)
+        wide = {"description_width": "initial"}  # labels are never cut to the default 90 px
+        self.filter = W.Text(value="", description="filter", placeholder="method, data, status…", style=wide,
+                             layout=W.Layout(width="280px"))
+        self.sort = W.Dropdown(options=["run"], value="run", description="sort by", style=wide,
+                               layout=W.Layout(width="260px"))
+        self.descending = W.Checkbox(value=False, description="descending", indent=False,
+                                     layout=W.Layout(width="auto"))
+        # as wide as the longest run name (monospace-ish estimate); plain names, never cut
+        self.select = W.SelectMultiple(options=[], description="compare", rows=8, style=wide,
+                                       layout=W.Layout(width="auto", min_width="420px"))
         self.refresh_button = W.Button(description="refresh")
         self.table_area = W.HTML()
         self.compare_area = W.HTML()
         self.fig = go.FigureWidget(curves_figure({}, metrics, cols=len(metrics)))
+        self.fig.layout.height = 340
+        self.plot_box = W.Box([self.fig], layout=W.Layout(display="none"))  # no empty axes before a selection
         self.widget = W.VBox([self.error, W.HBox([self.filter, self.sort, self.descending, self.refresh_button]),
-                              self.table_area, self.select, self.fig, self.compare_area])
+                              self.table_area, self.select, self.plot_box, self.compare_area])
+        self.widget.add_class("wb-run-browser")  # CSS hook for tests/widgets/test_browser.py
         self.filter.observe(self._on_table, names="value")
         self.sort.observe(self._on_table, names="value")
         self.descending.observe(self._on_table, names="value")
@@ -46,13 +55,16 @@ class RunBrowser(WidgetBase):
     @guarded
     def refresh(self) -> None:
         """Re-scan the runs folder and redraw."""
-        from workbench.runs import list_runs
+        from workbench.runs import list_runs, status_text
 
         if not self.runs_dir.is_dir():
             raise FileNotFoundError(f"runs folder {self.runs_dir} does not exist (pretrain something first, "
                                     "or pass the folder your runs are in)")
         self._runs = {r.path.name: r for r in list_runs(self.runs_dir)}
-        self.table = runs_table(list(self._runs.values())).drop(columns=["path"])
+        table = drop_repeated_columns(runs_table(list(self._runs.values())).drop(columns=["path"]))
+        if len(table):  # "stopped at epoch 9.7 of 25" rather than the bare status word
+            table["status"] = [status_text(self._runs[n].status) for n in table["run"]]
+        self.table = table
         cols = list(self.table.columns)
         keep = self.sort.value if self.sort.value in cols else "run"
         self.sort.options = cols
@@ -94,8 +106,11 @@ class RunBrowser(WidgetBase):
                             cols=len(self.curve_metrics))
         with self.fig.batch_update():
             self.fig.data = []
-            self.fig.add_traces(list(fig.data), rows=[1] * len(fig.data),
-                                cols=[1 + (k % len(self.curve_metrics)) for k in range(len(fig.data))])
+            self.fig.add_traces(list(fig.data))  # each trace keeps its subplot's axes
+            self.fig.layout.showlegend = fig.layout.showlegend
+            self.fig.layout.legend = fig.layout.legend
+            self.fig.layout.margin = fig.layout.margin
+        self.plot_box.layout.display = "flex" if sel else "none"
         if not sel:
             self.compare_area.value = "<i>select one or more runs above to overlay their curves and summaries</i>"
             return
@@ -105,7 +120,7 @@ class RunBrowser(WidgetBase):
         flat = {n: {k: v for k, v in self._runs[n].summary.items() if isinstance(v, (int, float, str))}
                 for n in sel}
         extra = pd.DataFrame(flat).T.reindex(sel)
-        comp = rows.join(extra[[c for c in extra.columns if c not in rows.columns]]).T
+        comp = drop_repeated_columns(rows.join(extra[[c for c in extra.columns if c not in rows.columns]])).T
         self.compare_area.value = comp.to_html(float_format=lambda v: f"{v:.4g}", na_rep="")
 
     def _curves(self, name: str) -> list[dict[str, Any]]:
@@ -119,3 +134,20 @@ class RunBrowser(WidgetBase):
                                             else [])
         return curves_figure({n: self._curves(n) for n in names}, self.curve_metrics,
                              cols=len(self.curve_metrics), title=f"runs in {self.runs_dir}")
+
+
+def drop_repeated_columns(df: Any) -> Any:
+    """``df`` without a ``pretrain_X`` column where a column ``X`` holds the same value in every row that has one
+    (a notebook run's summary repeats its training run's ``pretrain_knn_acc`` as ``knn_acc``)."""
+    import pandas as pd
+
+    drop = []
+    for c in df.columns:
+        base = c[len("pretrain_"):] if isinstance(c, str) and c.startswith("pretrain_") else None
+        if base in df.columns:
+            a, b = df[c], df[base]
+            both = a.notna() & b.notna()
+            same = (pd.to_numeric(a[both], errors="coerce") - pd.to_numeric(b[both], errors="coerce")).abs() < 1e-9
+            if same.all() and not (a.notna() & b.isna()).any():
+                drop.append(c)
+    return df.drop(columns=drop)

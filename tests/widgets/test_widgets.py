@@ -245,8 +245,14 @@ def test_embedding_explorer_hover_click_select_colour(tmp_path):
     # colour dropdown
     ex.color_by.value = "factor: parity"
     assert ex.point_hex() == [palette()[int(v) % 2] for v in labels]
+    # the legend names each colour: one legend-only entry per value, in the colour its points are drawn in
+    legend = {t.name: t.marker.color for t in ex.fig.data[1:]}
+    counts = torch.bincount(labels % 2).tolist()
+    assert legend == {f"parity={v} ({counts[v]})": palette()[v] for v in (0, 1)}
+    assert all(len(t.x) == 1 and t.x[0] is None for t in ex.fig.data[1:])  # no extra points
     ex.color_by.value = "kNN correct"
     assert set(ex.point_hex()) == {"#2ca02c"}  # well-separated clusters: all correct
+    assert [(t.name, t.marker.color) for t in ex.fig.data[1:]] == [(f"kNN right ({len(labels)})", "#2ca02c")]
     ex.color_by.value = ex.color_by.options[2]  # k-means
     km = ex.coloring(ex.color_by.value)
     from sklearn.metrics import adjusted_rand_score
@@ -274,6 +280,10 @@ def test_embedding_explorer_from_run_caches_coordinates(runs, shapes16):
     cached = list(runs["cnn"].cache_dir.glob("embedding-pca-*.npy"))
     assert len(cached) == 1 and np.allclose(np.load(cached[0]), ex.coords["PCA"])
     assert len(ex.color_by.options) >= 4  # label, shapes factors, k-means, kNN correct
+    names = sorted(t.name.rsplit(" (", 1)[0] for t in ex.fig.data[1:])  # legend: the class names of shapes
+    assert names == sorted(shapes16.class_names[int(v)] for v in shapes16.labels.unique())
+    ex.color_by.value = "factor: colour"  # a named factor: its value names
+    assert {t.name.split(" (")[0] for t in ex.fig.data[1:]} <= {f"colour={c}" for c in shapes16.factor_names["colour"]}
     bad = EmbeddingExplorer(torch.randn(10, 4), torch.zeros(3, 3, 8, 8, dtype=torch.uint8))
     assert "N = 10" in bad.last_error
 
@@ -304,6 +314,15 @@ def test_training_monitor_follows_folder_and_warns_on_collapse(tmp_path):
         time.sleep(0.05)
     mon.stop()
     assert len(mon.fig.data[0].x) == 12 and "completed" in mon.header.value
+    # readable panels: every one titled and with a y-axis label; 5 panels in rows of 3 and 2 (wider), no empty
+    # slot, and no legend for a single run
+    fig = mon.to_figure()
+    axes = [fig.layout[k] for k in fig.layout if k.startswith("yaxis")]
+    assert len(axes) == 5 and all(a.title.text for a in axes) and not fig.layout.showlegend
+    xdomains = sorted((round(fig.layout[k].domain[0], 3), round(fig.layout[k].domain[1], 3))
+                      for k in fig.layout if k.startswith("xaxis"))
+    assert xdomains[0][0] == 0 and xdomains[-1][1] == 1  # both rows span the width
+    assert sum(d[1] - d[0] for d in xdomains) > 1.7  # (3 panels + 2 wider ones) minus the gaps
     assert mon.save(tmp_path / "mon.html") == "html" and "possible collapse" in (tmp_path / "mon.html").read_text()
 
 
@@ -318,6 +337,7 @@ def test_training_monitor_attached_as_engine_callback(tmp_path):
     assert list(mon.fig.data[0].y) == pytest.approx([r["loss"] for r in steps])
     assert len(mon.fig.data[2].x) == 2  # kNN accuracy per epoch
     assert "completed" in mon.header.value and mon.dim == 32
+    assert run.status["status"] == "completed" and "stopped" not in mon.header.value
     fig = mon.to_figure()
     assert len(fig.data) == 5
 
@@ -334,6 +354,24 @@ def test_run_browser_filter_sort_select(tmp_path):
         r.log_metrics({"kind": "epoch", "epoch": 1, "step": 3, "knn_acc": acc})
         r.update_summary({"pretrain_knn_acc": acc, "linear_acc": acc + 0.1})
         r.set_status("completed")
+    stopped = Run.create(tmp_path, "byol", "shapes", {"method": "byol", "train": {"epochs": 25}}, name="run3-stopped")
+    # a notebook run's summary repeats its training run's kNN accuracy: shown once (knn_acc)
+    stopped.update_summary({"knn_acc": 0.4, "pretrain_knn_acc": 0.4})
+    stopped.set_status("stopped", step=223, total_steps=575, epoch=223 / 23, epochs=25)
+    rb = RunBrowser(tmp_path)
+    assert rb.shown.set_index("run").loc["run3-stopped", "status"] == "stopped at epoch 9.7 of 25"
+    assert {"knn_acc", "pretrain_knn_acc"} <= set(rb.table.columns)  # the other runs have only the second
+    assert rb.plot_box.layout.display == "none"  # no empty axes before a run is chosen
+    rb.select.value = ("run3-stopped",)
+    assert rb.plot_box.layout.display != "none" and "stopped at epoch 9.7 of 25" in rb.compare_area.value
+    assert rb.compare_area.value.count("knn_acc") == 1
+    rb.select.value = ()
+    stopped.update_summary({"knn_acc": 0.5})  # different values: both rows stay
+    rb.refresh()
+    rb.select.value = ("run3-stopped",)
+    assert rb.compare_area.value.count("knn_acc") == 2
+    import shutil
+    shutil.rmtree(stopped.path)
     rb = RunBrowser(tmp_path)
     assert list(rb.shown["run"]) == ["run0-simclr", "run1-byol", "run2-dino"]
     assert list(rb.shown["epochs"]) == [3, 4, 5] and "linear_acc" in rb.table.columns

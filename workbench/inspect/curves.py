@@ -83,30 +83,64 @@ def collapse_status(records: Sequence[dict[str, Any]], dim: int | None = None, s
     return st
 
 
+CURVE_YLABELS = {"loss": "loss", "lr": "learning rate", "knn_acc": "accuracy", "rankme": "effective rank",
+                 "std": "std per dimension"}
+
+
+def panel_grid(n: int, cols: int = 3) -> list[tuple[int, int, int]]:
+    """(row, first column, column span) of ``n`` panels in rows of at most ``cols``, on a grid of ``n_rows`` x
+    lcm-of-row-lengths columns, so a shorter last row widens its panels instead of leaving an empty slot."""
+    cols = max(1, min(cols, n)) if n else 1
+    rows = [cols] * (n // cols) + ([n % cols] if n % cols else [])
+    width = math.lcm(*rows) if rows else 1
+    out = []
+    for r, k in enumerate(rows):
+        span = width // k
+        out += [(r + 1, c * span + 1, span) for c in range(k)]
+    return out
+
+
 def curves_figure(runs: dict[str, Sequence[dict[str, Any]]], metrics: Sequence[str] = CURVE_METRICS,
                   dim: int | None = None, title: str = "", cols: int = 3) -> Any:
-    """Plotly figure with one subplot per metric and one line per run (``runs``: name -> records).
-    With ``dim``, the std panel shows the healthy 1/sqrt(D) level and the collapse threshold."""
+    """Plotly figure with one subplot per metric (titled, y axis labelled; rows of at most ``cols``, a shorter last
+    row with wider panels) and one line per run (``runs``: name -> records). Several runs get a legend above the
+    panels; one run none (the title names it). With ``dim``, the std panel shows the healthy 1/sqrt(D) level and
+    the collapse threshold."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     from workbench.inspect.colors import palette
 
-    rows = math.ceil(len(metrics) / cols)
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[CURVE_TITLES.get(m, m) for m in metrics])
+    grid = panel_grid(len(metrics), cols)
+    rows = grid[-1][0] if grid else 1
+    width = max((c + span - 1 for _, c, span in grid), default=1)
+    specs = [[None] * width for _ in range(rows)]
+    for r, c, span in grid:
+        specs[r - 1][c - 1] = {"colspan": span}
+    fig = make_subplots(rows=rows, cols=width, specs=specs, subplot_titles=[CURVE_TITLES.get(m, m) for m in metrics],
+                        horizontal_spacing=0.07 if width <= 3 else 0.05, vertical_spacing=0.16)
     for i, (name, recs) in enumerate(runs.items()):
         color = palette()[i % len(palette())]
         for j, m in enumerate(metrics):
             x, y = series(recs, m)
+            r, c, _ = grid[j]
             fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers" if m == "knn_acc" or len(x) < 3 else "lines",
                                      name=name, legendgroup=name, showlegend=j == 0, line=dict(color=color),
-                                     marker=dict(color=color)),
-                          row=j // cols + 1, col=j % cols + 1)
+                                     marker=dict(color=color)), row=r, col=c)
+    for j, m in enumerate(metrics):
+        r, c, _ = grid[j]
+        fig.update_yaxes(title_text=CURVE_YLABELS.get(m, m), title_standoff=4, row=r, col=c)
+        fig.update_xaxes(title_text="step", title_standoff=2, row=r, col=c)
     if dim and "std" in metrics:
-        j = list(metrics).index("std")
-        fig.add_hline(y=1 / math.sqrt(dim), line_dash="dot", line_color="green", row=j // cols + 1, col=j % cols + 1)
-        fig.add_hline(y=0.3 / math.sqrt(dim), line_dash="dash", line_color="red", row=j // cols + 1,
-                      col=j % cols + 1)
-    fig.update_layout(title=title, height=280 * rows, margin=dict(l=40, r=10, t=60, b=30))
-    fig.update_xaxes(title_text="step")
+        r, c, _ = grid[list(metrics).index("std")]
+        fig.add_hline(y=1 / math.sqrt(dim), line_dash="dot", line_color="green", row=r, col=c,
+                      annotation_text="1/sqrt(D): spread", annotation_position="top left",
+                      annotation_font_size=10)
+        fig.add_hline(y=0.3 / math.sqrt(dim), line_dash="dash", line_color="red", row=r, col=c,
+                      annotation_text="collapse threshold", annotation_position="bottom left",
+                      annotation_font_size=10)
+    several = len(runs) > 1
+    fig.update_layout(title=title, height=300 * rows + (40 if several else 0), showlegend=several,
+                      legend=dict(orientation="h", x=0, y=1.08, yanchor="bottom"),
+                      margin=dict(l=60, r=20, t=90 if several else 70, b=40))
     return fig

@@ -158,6 +158,36 @@ def kmeans_labels(features: Any, n_clusters: int = 10, seed: int = 0) -> np.ndar
     return km.fit_predict(x).astype(np.int64)
 
 
+def legend_traces(values: Any, names: Any = None, limit: int = 20) -> list[Any]:
+    """Legend-only plotly traces (no points): one per category of integer/bool ``values`` [N], drawn in the colour
+    :func:`color_spec` gives it and named ``names(code)`` (default the code; bools: "no"/"yes"); at most ``limit``
+    (the most frequent; the rest summed in one grey entry). Float values get none (their colour bar is the key)."""
+    import plotly.graph_objects as go
+
+    from workbench.inspect.colors import UNLABELED, palette
+
+    v = np.asarray(values)
+    if v.dtype != bool and not np.issubdtype(v.dtype, np.integer):
+        return []
+    pal = palette()
+    codes, counts = np.unique(v, return_counts=True)
+    order = sorted(range(len(codes)), key=lambda i: (-counts[i], codes[i]))
+    name = names or (lambda c: ("yes" if c else "no") if v.dtype == bool else str(c))
+
+    def entry(label: str, color: str) -> Any:
+        return go.Scattergl(x=[None], y=[None], mode="markers", name=label, showlegend=True, hoverinfo="skip",
+                            marker=dict(size=9, color=color))
+
+    out = []
+    for i in sorted(order[:limit], key=lambda i: codes[i]):
+        c = codes[i]
+        color = (pal[2] if c else pal[3]) if v.dtype == bool else UNLABELED if c < 0 else pal[int(c) % len(pal)]
+        out.append(entry(f"{name(c.item())} ({counts[i]})", color))
+    if len(codes) > limit:
+        out.append(entry(f"{len(codes) - limit} more (colours repeat)", UNLABELED))
+    return out
+
+
 def scatter_figure(coords: np.ndarray, colors: Any = None, hover: Sequence[str] | None = None,
                    title: str = "", marker_size: int | None = None) -> Any:
     """Plotly WebGL scatter (go.Scattergl, one trace) of coordinates [N, 2], coloured by ``colors`` (per-point
