@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from widgets._base import WidgetBase, gallery_html, guarded
 from workbench.inspect.images import png_bytes, thumbnail_uri, to_hwc, upscale
 
 MAX_SELECTION_SHOWN = 48
+UMAP_START_S = 3.0  # a background UMAP starts when the widget is displayed, or after this many seconds
 
 
 class EmbeddingExplorer(WidgetBase):
@@ -45,6 +47,7 @@ class EmbeddingExplorer(WidgetBase):
         self.coords: dict[str, np.ndarray] = {}
         self._colorings: dict[str, np.ndarray] = {}
         self._umap_thread: threading.Thread | None = None
+        self._displayed = threading.Event()
         self.color_by = W.Dropdown(options=["label"], value="label", description="colour")
         self.projection = W.ToggleButtons(options=["PCA", "UMAP"], value="PCA")
         self.status = W.HTML()
@@ -88,7 +91,7 @@ class EmbeddingExplorer(WidgetBase):
             self.compute_umap()
         elif umap == "background":
             self._say("&#9203; computing UMAP… (PCA shown meanwhile; the view switches to UMAP when it is ready)")
-            self._umap_thread = threading.Thread(target=self.compute_umap, daemon=True, name="embedding-umap")
+            self._umap_thread = threading.Thread(target=self._umap_after_display, daemon=True, name="embedding-umap")
             self._umap_thread.start()
 
     # -- data ------------------------------------------------------------------------------------------------------
@@ -145,6 +148,17 @@ class EmbeddingExplorer(WidgetBase):
         from workbench.inspect.embedding import embedding_2d
 
         return embedding_2d(self.features, method, cache_dir=self.cache_dir)
+
+    def _umap_after_display(self) -> None:
+        """UMAP in the background, begun once the widget was displayed (or after UMAP_START_S): its imports (umap,
+        numba) would otherwise compete with the cell that shows the widget for the interpreter."""
+        if self._displayed.wait(UMAP_START_S):
+            time.sleep(0.3)  # the display message goes out first
+        self.compute_umap()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        self._displayed.set()
+        return super()._repr_mimebundle_(**kwargs)
 
     def _say(self, message: str, color: str = "#1e429f", background: str = "#e1effe") -> None:
         """A one-line state above the plot (HTML ``message``)."""

@@ -392,3 +392,19 @@ def test_run_browser_filter_sort_select(tmp_path):
     assert (pic != 255).any()  # curves were drawn
     missing = RunBrowser(tmp_path / "nope")
     assert "does not exist" in missing.last_error
+
+
+def test_first_figure_widget_does_not_build_the_iri_grammars():
+    """plotly's FigureWidget imports jsonschema, whose IRI format check (rfc3987_syntax) builds Lark grammars at
+    import (seconds): importing widgets defers that to the first IRI check, which still answers correctly."""
+    import subprocess
+    import sys
+
+    code = ("import sys, widgets, plotly.graph_objects as go, jsonschema\n"
+            "go.FigureWidget()\n"
+            "assert 'jsonschema._format' in sys.modules and 'lark' not in sys.modules, 'grammars built at import'\n"
+            "v = jsonschema.Draft7Validator({'format': 'iri'}, format_checker=jsonschema.FormatChecker())\n"
+            "assert v.is_valid('https://example.org/caf\\u00e9') and not v.is_valid('no iri ::: %%')\n"
+            "assert 'lark' in sys.modules\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
