@@ -144,6 +144,7 @@ class Trainer:
         self._resume: ResumeState | None = None
         self._status: dict[str, Any] = {}       # details every status write of this run carries
         self._warnings: dict[str, str] = {}     # health warnings by kind (constant_loss, collapse)
+        self.progress_bar: Any = None           # a tqdm bar made by the caller (start_pretrain), used instead of one
         self._beat = 0.0
         self._store_client: Any = None
         self._peer_failure: str | None = None
@@ -534,8 +535,8 @@ class Trainer:
         end_step = p.total_steps if t.max_steps is None else min(p.total_steps, t.max_steps)
         batches = make_batches(self.data, self.aug, t.seed, self.rank, self.world, t.batch_size, spe, end_step,
                                self.device)
-        bar = None
-        if self.is_main and _progress_enabled(t.progress):
+        bar = self.progress_bar  # start_pretrain's, shown in the cell that started the run, never another one
+        if bar is None and self.is_main and _progress_enabled(t.progress):
             from tqdm.auto import tqdm
 
             bar = tqdm(total=p.total_steps, initial=self.step, desc=f"{c.method}/{c.model.backbone}", unit="step",
