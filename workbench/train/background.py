@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from typing import Any, Iterable
 
@@ -18,6 +19,7 @@ class PretrainHandle:
     def __init__(self, trainer: Trainer):
         self._trainer = trainer.prepare()
         self.run: Run = trainer.run_record
+        self._trainer.progress_bar = _caller_bar(self._trainer)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._target, name=f"pretrain-{self.run.path.name}", daemon=True)
         self._thread.start()
@@ -44,6 +46,23 @@ class PretrainHandle:
 
     def __repr__(self) -> str:
         return f"PretrainHandle({str(self.run.path)!r}, done={self.done()})"
+
+
+def _caller_bar(trainer: Trainer) -> Any:
+    """The run's progress bar, made here in the calling thread where a Jupyter kernel runs us: a notebook bar is
+    displayed where it is made, so it shows in the cell that started the run (made in the training thread, it would
+    land in whichever cell executes then); its updates are widget messages that follow it there. None elsewhere (the
+    trainer makes its text bar itself)."""
+    from workbench.train.engine import _progress_enabled
+
+    if "ipykernel" not in sys.modules or not trainer.is_main or not _progress_enabled(trainer.config.train.progress):
+        return None
+    from tqdm.auto import tqdm
+
+    c = trainer.config
+    resume = getattr(trainer, "_resume", None)
+    return tqdm(total=trainer.parts.total_steps, initial=resume.step if resume is not None else 0, desc=f"{c.method}/{c.model.backbone}",
+                unit="step", dynamic_ncols=True)
 
 
 def start_pretrain(config: PretrainConfig | dict | None = None, callbacks: Iterable[Any] = (),
