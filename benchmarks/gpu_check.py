@@ -94,7 +94,8 @@ def knn_row(precision: str, args: argparse.Namespace, out: str, device: torch.de
 
     cfg = PretrainConfig(method="simclr", data=DataConfig(name=DATA_NAME),
                          model=ModelConfig(backbone=backbone, options=args.model_options.get(backbone, {})),
-                         train=TrainConfig(epochs=args.knn_epochs, batch_size=args.batch_size, knn_every=args.knn_epochs,
+                         train=TrainConfig(epochs=args.knn_epochs, batch_size=args.batch_size,
+                                           knn_every=args.knn_epochs,
                                            knn_max_train=args.knn_train, knn_max_test=args.knn_test,
                                            log_every=1000, device=str(device), precision=precision, seed=0,
                                            progress="off", checkpoint_every=1000),

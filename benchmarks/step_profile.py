@@ -6,11 +6,15 @@
 
 Each method trains through the engine itself (``workbench.train.Trainer``, fp32 on the CPU) for a few steps under
 ``workbench.device.HostSyncCounter``. Counts are attributed to the engine's step counter, so the row of step k is
-everything the loop does between two increments: one complete step that is not a log step (step 0 and every
-``log_every``-th step log: RankMe, the loss as a float, a CUDA synchronize there, on purpose). Ops and syncs are
-split by phase: ``views`` (batch indexing + augmentation), ``loss`` (the method's training_step: forward and loss),
-``update`` (backward, optimizer, schedule, EMA teachers) and ``engine`` (everything else in the loop).
-A sync on a CPU costs nothing, on a GPU it stalls the host until the device has caught up; these counts predict that.
+everything the loop does between two increments; the profiled step (``steps - 2``) is neither a log step nor a check
+step (the engine checks finiteness and DDP stop flags, one sync, on log steps and before checkpoints / epoch ends:
+RankMe, the loss as a float and a CUDA synchronize happen there too, on purpose). Ops and syncs are split by phase:
+``views`` (batch indexing + augmentation), ``loss`` (the method's training_step: forward and loss), ``update``
+(backward, optimizer, schedule, EMA teachers) and ``engine`` (everything else in the loop). ``h2d``: tensors made
+from Python data (a host -> device copy on a GPU). ``optim host scalars``: ``.item()`` of a torch optimizer's step
+counters, which live on the CPU beside CUDA parameters (no device sync there; the fused AdamW/SGD the engine uses on
+CUDA keeps them on the device). A sync on a CPU costs nothing, on a GPU it stalls the host until the device has
+caught up; these counts predict that. ``sites`` names the workbench line of every sync and copy.
 
 Compile coverage (not with ``--no-compile``): a second short run with ``train.compile=True`` where every
 ``torch.compile`` call uses a recording backend (no code generation: what dynamo captures does not depend on the
@@ -163,8 +167,7 @@ def profile_counts(key: str, batch_size: int, image_size: int, steps: int) -> di
             def _note(self, kind: str, sync: bool = True) -> None:
                 rec = per_step[trainer.step]
                 rec["syncs" if sync else "h2d"][phases.now] += 1
-                if sync:
-                    sites[(phases.now, kind, self._site())] += 1 if trainer.step == steps - 2 else 0
+                sites[(phases.now, kind, self._site())] += 1 if trainer.step == steps - 2 else 0
 
         counter = Attributing()
         torch.Tensor.backward = backward
@@ -186,7 +189,7 @@ def profile_counts(key: str, batch_size: int, image_size: int, steps: int) -> di
                "wall_s_all_steps": round(wall, 2)}
         row["ops_total"] = sum(row["ops"].values())
         row["syncs_total"] = sum(row["syncs"].values())
-        row["sync_sites"] = [f"{ph}:{kind}@{site} x{n}" for (ph, kind, site), n in sites.most_common() if n]
+        row["sites"] = [f"{ph}:{kind}@{site} x{n}" for (ph, kind, site), n in sites.most_common() if n]
         return row
 
 
@@ -264,14 +267,16 @@ def profile_compile(key: str, batch_size: int, image_size: int, steps: int) -> d
 
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| method | backbone | ops views | ops loss | ops update | ops engine | syncs views | syncs loss | "
-            "syncs update | syncs engine | h2d | optim host scalars | graphs | breaks | recompiles | student cov | teacher cov |")
+            "syncs update | syncs engine | h2d | optim host scalars | graphs | breaks | recompiles | student cov | "
+            "teacher cov |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         c = r.get("compile") or {}
         tc = c.get("teacher_coverage")
         lines.append("| " + " | ".join(str(x) for x in (
             r["method"], r["backbone"], *(r["ops"][p] for p in PHASES), *(r["syncs"][p] for p in PHASES),
-            sum(r["h2d"].values()), r.get("optimizer_host_scalars", "-"), c.get("graphs", "-"), c.get("graph_breaks", "-"), c.get("graphs_after_step0", "-"),
+            sum(r["h2d"].values()), r.get("optimizer_host_scalars", "-"), c.get("graphs", "-"),
+            c.get("graph_breaks", "-"), c.get("graphs_after_step0", "-"),
             c.get("student_coverage", "-"), "-" if tc is None else tc)) + " |")
     return "\n".join(lines)
 

@@ -56,8 +56,7 @@ def random_patch_mask(batch: int, num_patches: int, mask_ratio: float, generator
     noise = _rand(generator, (batch, num_patches), device)
     shuffle = torch.argsort(noise, dim=1)
     restore = torch.argsort(shuffle, dim=1)
-    mask = torch.ones(batch, num_patches, device=device)
-    mask[:, :keep_n] = 0.0
+    mask = (torch.arange(num_patches, device=device) >= keep_n).float().expand(batch, -1)  # 0 kept, 1 masked
     mask = torch.gather(mask, 1, restore)
     return PatchMask(keep=shuffle[:, :keep_n].contiguous(), restore=restore, mask=mask)
 

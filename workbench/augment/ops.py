@@ -266,35 +266,46 @@ def adjust_hue(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 _ADJUST = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
 
 
-def apply_jitter(images: torch.Tensor, params: Params, inplace: bool = False) -> torch.Tensor:
+def apply_jitter(images: torch.Tensor, params: Params, inplace: bool = False,
+                 used: Sequence[bool] = (True, True, True, True)) -> torch.Tensor:
     """Replay recorded colour-jitter params (see ``color_jitter``) on a batch (``inplace``: the batch may be
     overwritten).
 
     Pass k applies, to every selected sample, op ``order[b, k]``. Brightness, contrast and saturation are one
     blend ``clamp(x * r + other * (1 - r))`` (other = 0, the mean grey level, the grey image), so a pass is one
     full-batch blend and one full-batch hue shift, each kept by a per-sample mask (``torch.where``): no host sync,
-    no data-dependent shape, the same values as applying each sample's op alone.
+    no data-dependent shape, the same values as applying each sample's op alone. ``used``: which of brightness,
+    contrast, saturation, hue can differ from the identity (known from the config, so ops that cannot are skipped
+    without looking at the draws).
     """
     applied, order = params["jitter"], params["jitter_order"]
     factors = [params[name] for name in JITTER_OPS]
     identity = (1.0, 1.0, 1.0, 0.0)
     one_channel = images.shape[1] == 1  # saturation and hue are the identity on one channel
-    ops = range(2) if one_channel else range(4)
+    ops = [o for o in (range(2) if one_channel else range(4)) if used[o]]
+    if not ops:
+        return images
     active = {o: applied & (factors[o] != identity[o]) for o in ops}
+    none = torch.zeros_like(applied)
+    for o in range(4):
+        active.setdefault(o, none)
+    blend_ops = any(o < 3 for o in ops)
     out = images
     for k in range(4):
         step = order[:, k]
-        sel = {o: active[o] & (step == o) for o in ops}  # bool [B]: sample does op o in pass k
-        blend = sel[0] | sel[1] | (sel[2] if not one_channel else torch.zeros_like(sel[0]))
-        ratio = torch.where(sel[0], factors[0], torch.ones_like(factors[0]))
-        ratio = torch.where(sel[1], factors[1], ratio)
-        gray = grayscale(out)  # [B, 1, H, W]
-        other = torch.where(_col(sel[1]), gray.mean(dim=(1, 2, 3), keepdim=True), torch.zeros_like(gray[:, :, :1, :1]))
-        if not one_channel:
-            ratio = torch.where(sel[2], factors[2], ratio)
-            other = torch.where(_col(sel[2]), gray, other)
-        out = torch.where(_col(blend), _blend(out, other, ratio), out)
-        if not one_channel:
+        sel = {o: active[o] & (step == o) for o in range(4)}  # bool [B]: sample does op o in pass k
+        if blend_ops:
+            blend = sel[0] | sel[1] | (sel[2] if not one_channel else torch.zeros_like(sel[0]))
+            ratio = torch.where(sel[0], factors[0], torch.ones_like(factors[0]))
+            ratio = torch.where(sel[1], factors[1], ratio)
+            gray = grayscale(out)  # [B, 1, H, W]
+            other = torch.where(_col(sel[1]), gray.mean(dim=(1, 2, 3), keepdim=True),
+                                torch.zeros_like(gray[:, :, :1, :1]))
+            if not one_channel:
+                ratio = torch.where(sel[2], factors[2], ratio)
+                other = torch.where(_col(sel[2]), gray, other)
+            out = torch.where(_col(blend), _blend(out, other, ratio), out)
+        if 3 in ops:
             out = torch.where(_col(sel[3]), adjust_hue(out, factors[3]), out)
     return out
 
@@ -318,7 +329,10 @@ def color_jitter(images: torch.Tensor, p: float, brightness: float, contrast: fl
         params[name] = torch.where(applied, f, torch.ones_like(f))
     hf = _uniform(generator, B, -hue, hue, dev)
     params["hue"] = torch.where(applied, hf, torch.zeros_like(hf))
-    return apply_jitter(images, params, inplace=inplace), params
+    if p <= 0.0:  # decided by the config, not the draws: no host sync
+        return images, params
+    used = (brightness > 0, contrast > 0, saturation > 0, hue > 0)
+    return apply_jitter(images, params, inplace=inplace, used=used), params
 
 
 def random_grayscale(images: torch.Tensor, p: float, generator: torch.Generator,

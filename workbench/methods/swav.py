@@ -23,8 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from workbench.config import check_range
-from workbench.methods.base import (Batch, Method, Progress, Recipe, StepOutput, all_reduce, mean_off_diagonal, register,
-                                    world_size)
+from workbench.methods.base import (Batch, Method, Progress, Recipe, StepOutput, all_reduce, mean_off_diagonal,
+                                    register, world_size)
 from workbench.methods.dino import multicrop_pooled, zero_grad_view
 from workbench.models.heads import mlp
 
