@@ -252,6 +252,13 @@ def test_collapse_rule_fires_on_std_and_rankme():
     assert st.collapsed and len(st.reasons) == 2 and st.std_threshold == pytest.approx(0.3 / 8)
     st2 = wi.collapse_status(falling, dim=None)
     assert st2.collapsed and "early value" in st2.reasons[0]
+    assert "learning rate" in st.message  # the warning says what to try
+    # measured on a tiny BYOL run (D = 128): RankMe 47 -> 10.9 (0.23x of its random-init value) while the std rose;
+    # below 0.25x but above 0.05 x 128 = 6.4 effective dimensions: not flagged; 5.4 (SimSiam's) is
+    learning = [{"kind": "step", "step": i, "std": 0.055, "rankme": r} for i, r in enumerate([47.1, 48.5, 45.2, 20.0,
+                                                                                              11.0, 10.4, 10.9])]
+    assert not wi.collapse_status(learning, dim=128).collapsed
+    assert wi.collapse_status(learning[:-3] + [dict(r, rankme=5.4) for r in learning[-3:]], dim=128).collapsed
     x, y = wi.series(falling + [{"kind": "epoch", "step": 15, "knn_acc": 0.5}], "knn_acc")
     assert x.tolist() == [15.0] and y.tolist() == [0.5]
 
