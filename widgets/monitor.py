@@ -142,6 +142,7 @@ class TrainingMonitor(WidgetBase):
             for k, m in enumerate(CURVE_METRICS):
                 x, y = series(recs, m)
                 self.fig.data[k].x, self.fig.data[k].y = x, y
+                self.fig.data[k].mode = "lines+markers" if m == "knn_acc" or len(x) < 3 else "lines"
         self.collapse = collapse_status(recs, dim=self.dim)
         name = self.run.path.name if self.run is not None else "run"
         st = status_text(self.run_status) if self.run_status else "?"

@@ -526,3 +526,137 @@ def test_quickstart_widgets_in_jupyterlab(lab: Lab, browser_page: Any) -> None:
             print("browser console:\n" + "\n".join(console[-40:]))
         print("JupyterLab log:\n" + lab.log())
         raise
+
+
+# ---------------------------------------------------------------------------------------------------- live training
+LIVE_NOTEBOOK = "live_training.ipynb"
+LIVE_CELLS = [
+    # 0: a tiny run that would train for minutes, started in the background
+    "from workbench.train import DataConfig, ModelConfig, PretrainConfig, TrainConfig, start_pretrain\n"
+    "config = PretrainConfig(method='simclr', data=DataConfig(name='shapes', image_size=16, options={'n': 256}),\n"
+    "                        model=ModelConfig(backbone='small_cnn', options={'width': 8}),\n"
+    "                        train=TrainConfig(epochs=400, batch_size=64, log_every=1, knn_every=1, knn_max_train=256,\n"
+    "                                          knn_max_test=64, device='cpu', progress='on'), out={runs!r})\n"
+    "handle = start_pretrain(config)",
+    # 1: the monitor follows the live run
+    "from widgets import TrainingMonitor\nmonitor = TrainingMonitor(handle, poll_interval=0.5)\nmonitor",
+    # 2: the kernel answers while the run trains
+    "print('answer', 6 * 7, 'while training:', not handle.done())",
+    # 3: stop
+    "handle.stop()\nrun = handle.wait(120)\nprint('status', run.status['status'])",
+    # 4-6: the three widgets on the finished run
+    "from widgets import EmbeddingExplorer\nEmbeddingExplorer(run, umap='off')",
+    "from widgets import AttentionViewer\nimport workbench.data as data\n"
+    "AttentionViewer(run, data.load('shapes', split='test', size=16, n=8))",
+    "from widgets import RunBrowser\nbrowser = RunBrowser(run.path.parent)\nbrowser.select.value = (run.path.name,)\n"
+    "browser",
+]
+
+
+def _write_live_notebook(lab: Lab) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(c.replace("{runs!r}", repr(str(lab.base / "live-runs"))))
+                for c in LIVE_CELLS]
+    nbformat.write(nb, str(lab.root / LIVE_NOTEBOOK))
+
+
+LIVE = ".jp-NotebookPanel:not(.lm-mod-hidden) "  # the notebook in front (the quickstart's tab may still exist)
+
+
+def _run_cell(page: Any, i: int) -> None:
+    """Select code cell ``i`` (click its prompt area) and run it with Ctrl+Enter (Shift+Enter on the last cell would
+    add an empty one)."""
+    cell = page.locator(LIVE + ".jp-CodeCell").nth(i)
+    cell.scroll_into_view_if_needed()
+    cell.locator(".jp-InputArea-prompt").click()
+    page.keyboard.press("Control+Enter")
+
+
+def _cell_text(page: Any, i: int) -> str:
+    return page.locator(LIVE + ".jp-CodeCell").nth(i).locator(".jp-OutputArea").text_content() or ""
+
+
+def _monitor_points(page: Any) -> int:
+    return page.evaluate("""(p) => { const g = document.querySelector(p + '.wb-training-monitor .js-plotly-plot');
+      return g && g.data && g.data[0] && g.data[0].x ? g.data[0].x.length : 0; }""", LIVE)
+
+
+@pytest.mark.timeout(420)
+def test_live_training_stop_and_widgets_in_jupyterlab(lab: Lab, browser_page: Any) -> None:
+    """start_pretrain from a notebook: the monitor's curve gains points while another cell runs, the progress bar
+    stays in the cell that started the run, stop() shows as a stop, and the three widgets render on the run."""
+    page = browser_page
+    _write_live_notebook(lab)
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+    shots = Path(os.environ.get("WB_BROWSER_SHOTS", str(ARTIFACTS)))  # git-ignored; elsewhere on request
+    for k in lab.api("GET", "/api/kernels"):  # the quickstart test's kernel: this notebook gets the only one
+        lab.api("DELETE", f"/api/kernels/{k['id']}", timeout=30)
+    page.goto(f"{lab.url}/lab/tree/{LIVE_NOTEBOOK}?reset&token={lab.token}", timeout=90_000)
+    try:
+        _wait(page, "(p) => document.querySelectorAll(p + '.jp-CodeCell').length === 7", arg=LIVE, timeout=90,
+              what="the notebook to open")
+        _wait_kernel(page, lab, timeout=90)
+        _run_cell(page, 0)
+        _run_cell(page, 1)
+        _wait(page, "(p) => { const g = document.querySelector(p + '.wb-training-monitor .js-plotly-plot');"
+                    " return g && g.data && g.data[0].x && g.data[0].x.length >= 2; }", arg=LIVE, timeout=120,
+              what="the monitor's first points")
+        first = _monitor_points(page)
+        _run_cell(page, 2)
+        _wait(page, "(p) => { const c = document.querySelectorAll(p + '.jp-CodeCell')[2];"
+                    " return c.querySelector('.jp-OutputArea').textContent.includes('answer 42'); }", arg=LIVE,
+              timeout=60,
+              what="another cell to answer while the run trains")
+        assert "while training: True" in _cell_text(page, 2), _cell_text(page, 2)
+        _wait(page, "([p, n]) => { const g = document.querySelector(p + '.wb-training-monitor .js-plotly-plot');"
+                    " return g.data[0].x.length > n; }", arg=[LIVE, first], timeout=60,
+              what="the monitor's curve to gain points while training")
+        assert "running" in page.locator(LIVE + ".wb-training-monitor").text_content()
+        shots.mkdir(parents=True, exist_ok=True)
+        page.locator(LIVE + ".wb-training-monitor").screenshot(path=str(shots / "10-monitor-live.png"))
+        # the run's progress bar is in the cell that started it, not in the monitor's or the other cell
+        assert "simclr/small_cnn" in _cell_text(page, 0), _cell_text(page, 0)
+        assert all("simclr/small_cnn" not in _cell_text(page, i) for i in (1, 2))
+        _run_cell(page, 3)
+        _wait(page, "(p) => document.querySelectorAll(p + '.jp-CodeCell')[3]"
+                    ".querySelector('.jp-OutputArea').textContent.includes('status stopped')", arg=LIVE, timeout=120,
+              what="stop() to end the run as stopped")
+        _wait(page, "(p) => /stopped at epoch [0-9.]+ of 400/.test("
+                    "document.querySelector(p + '.wb-training-monitor').textContent)", arg=LIVE, timeout=30,
+              what="the monitor to show the stop (stopped at epoch x of 400)")
+        for i in (4, 5, 6):
+            _run_cell(page, i)
+        state = _wait_executed(page, lab, 240)
+        assert not state["errors"], "error in the notebook's outputs:\n" + "\n---\n".join(state["errors"])
+        _wait(page, "(p) => { const g = document.querySelector(p + '.wb-embedding-explorer .wb-embedding-plot');"
+                    " return g && g.data && g.data[0].x.length > 0 && g.querySelector('canvas'); }", arg=LIVE,
+              what="the embedding plot")
+        legend = page.locator(LIVE + ".wb-embedding-explorer .legend").text_content()
+        assert "circle" in legend, legend  # the legend names the classes
+        _wait(page, "(p) => { const g = document.querySelector(p + '.wb-attention-viewer .wb-attention-plot');"
+                    " return g && g.querySelectorAll('.imagelayer image').length >= 2; }", arg=LIVE,
+              what="the attention viewer's overlays")
+        _wait(page, "(p) => { const g = document.querySelector(p + '.wb-run-browser .js-plotly-plot');"
+                    " return g && g.data && g.data.length >= 1 && g.data[0].x.length > 0; }", arg=LIVE,
+              what="the run browser's curves of the selected run")
+        assert re.search(r"stopped at epoch [0-9.]+ of 400", page.locator(LIVE + ".wb-run-browser").text_content())
+        for sel, name in ((".wb-training-monitor", "11-monitor-stopped.png"),
+                          (".wb-embedding-explorer", "12-embedding.png"),
+                          (".wb-attention-viewer", "13-attention.png"), (".wb-run-browser", "14-runs.png")):
+            page.mouse.move(1, 1)
+            el = page.locator(LIVE + sel).first
+            el.scroll_into_view_if_needed()
+            el.screenshot(path=str(shots / name))
+        _no_console_errors(console)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            shots.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shots / "live-failure.png"), full_page=True)
+        if console:
+            print("browser console:\n" + "\n".join(console[-40:]))
+        print("JupyterLab log:\n" + lab.log())
+        raise
