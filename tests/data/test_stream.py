@@ -26,6 +26,7 @@ from workbench.data import load
 from workbench.data.base import STREAM_ABOVE_BYTES
 from workbench.data.folder import CorruptImagesError, list_folder
 from workbench.data.stream import FileList, decode_full, open_source, open_stream, wants_stream
+from workbench.runs import list_runs
 from workbench.train import DataConfig, ModelConfig, PretrainConfig, TrainConfig, pretrain
 from workbench.train.batches import MemoryBatches, StreamBatches, _ShardSteps, _StepSampler, epoch_order, rank_batch
 from workbench.train.setup import prepare_data
@@ -277,7 +278,7 @@ def test_webdataset_shards_split_per_rank_and_worker_resume_and_train(tmp_path):
                  "data.options.stream=true", "data.options.workers=2", "model.options.width=8", "train.progress=off",
                  "train.device=cpu", "method_options.proj_hidden_dim=32", "method_options.proj_output_dim=16"])
     assert code == 0
-    (run,) = (tmp_path / "runs").iterdir()
+    (run,) = [r.path for r in list_runs(tmp_path / "runs")]
     epoch = [line for line in (run / "metrics.jsonl").read_text().splitlines() if '"epoch"' in line][-1]
     assert '"knn_acc": 0' in epoch or '"knn_acc": 1' in epoch
 

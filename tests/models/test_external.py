@@ -197,7 +197,7 @@ def test_downloads_fail_offline_with_advice(offline):
 # ------------------------------------------------------------------------------------------------- training
 def test_pretrain_cli_trains_timm_backbones_and_a_run_reloads_them(tmp_path):
     from workbench.cli import main
-    from workbench.runs import Run
+    from workbench.runs import list_runs
     from workbench.trained import load_trained
 
     common = ["--epochs", "1", "--batch-size", "32", "--device", "cpu", "--out", str(tmp_path), "data.image_size=16",
@@ -206,7 +206,7 @@ def test_pretrain_cli_trains_timm_backbones_and_a_run_reloads_them(tmp_path):
                  "method_options.proj_hidden_dim=64", "method_options.proj_output_dim=32"]) == 0
     assert main(["pretrain", "--method", "mae", "--backbone", f"timm:{REG_VIT}", *common, "model.options.depth=1",
                  "model.options.patch_size=4"]) == 0
-    runs = sorted((Run(p) for p in tmp_path.iterdir()), key=lambda r: r.config["method"])
+    runs = sorted(list_runs(tmp_path), key=lambda r: r.config["method"])
     assert [r.status["status"] for r in runs] == ["completed", "completed"]
     mae, simclr = runs
     t = load_trained(mae)

@@ -18,12 +18,18 @@ ROOT = HERE.parents[1]  # the repository root
 def test_simclr_ddp_gradients_equal_single_process_on_the_concatenated_batch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("CI", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(HERE / "ddp_simclr.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    def launch(out: Path) -> subprocess.CompletedProcess:
+        out.mkdir()
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(HERE / "ddp_simclr.py"), str(out)]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+    out = tmp_path / "first"
+    proc = launch(out)
     if proc.returncode != 0 and "Signal" in proc.stderr:  # gloo aborted by a signal on an overloaded host: once more
-        print("first torchrun attempt was killed by a signal; retrying:\n" + proc.stderr[-2000:])
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+        print("first torchrun attempt was killed by a signal; retrying in a fresh folder:\n" + proc.stderr[-2000:])
+        out = tmp_path / "second"
+        proc = launch(out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     from tests.train.ddp_simclr import build_simclr, fixed_views
@@ -33,7 +39,7 @@ def test_simclr_ddp_gradients_equal_single_process_on_the_concatenated_batch(tmp
     loss = method.training_step(Batch(fixed_views(), 2, None), Progress()).loss
     loss.backward()
     single = {n: p.grad for n, p in method.named_parameters() if p.grad is not None}
-    ddp = torch.load(tmp_path / "ddp_grads.pt", weights_only=True)
+    ddp = torch.load(out / "ddp_grads.pt", weights_only=True)
     assert ddp.keys() == single.keys() and len(single) > 10
     for name, g in single.items():
         torch.testing.assert_close(ddp[name], g, rtol=1e-4, atol=1e-5, msg=name)
@@ -41,7 +47,7 @@ def test_simclr_ddp_gradients_equal_single_process_on_the_concatenated_batch(tmp
     half = method.training_step(Batch([v[:4] for v in fixed_views()], 2, None), Progress()).loss
     assert abs(float(half.detach()) - float(loss.detach())) > 1e-3
 
-    run_dir = tmp_path / "runs" / "ddp"
+    run_dir = out / "runs" / "ddp"
     import json
 
     status = json.loads((run_dir / "status.json").read_text())

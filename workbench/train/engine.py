@@ -240,7 +240,7 @@ class Trainer:
             raise e
         finally:
             if watcher is not None:
-                watcher.set()
+                self._stop_watching(*watcher)
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             if self.config.train.deterministic:
@@ -283,7 +283,7 @@ class Trainer:
                 store.set(FAILED_KEY, f"rank {self.rank}: {type(e).__name__}: {e}")
         return e
 
-    def _watch_peers(self) -> threading.Event:
+    def _watch_peers(self) -> tuple[threading.Event, threading.Thread]:
         """A daemon thread that polls the store for another rank's failure. A rank blocked in a collective (NCCL
         does not notice a peer's exit until its timeout, minutes later) gets ``PEER_GRACE_S`` to raise on its own;
         then the thread prints the cause, marks the run failed (rank 0) and ends the process (exit code 1)."""
@@ -305,8 +305,16 @@ class Trainer:
                                                                 "step": self.step})
                 os._exit(1)
 
-        threading.Thread(target=watch, name="workbench-peer-watch", daemon=True).start()
-        return done
+        thread = threading.Thread(target=watch, name="workbench-peer-watch", daemon=True)
+        thread.start()
+        return done, thread
+
+    def _stop_watching(self, done: threading.Event, thread: threading.Thread) -> None:
+        """End the peer watcher and drop its store client here, in this thread: a process that exits while the
+        daemon thread is inside a TCPStore call aborts ("terminate called without an active exception")."""
+        done.set()
+        thread.join(timeout=PEER_POLL_S + 15)
+        self._store_client = None
 
     def _record_end(self, e: BaseException) -> None:
         """status.json for a run that ended with an exception: failed, or interrupted (KeyboardInterrupt)."""
