@@ -188,8 +188,12 @@ class ViT(Backbone):
             return None
         return pos if self.vit.no_embed_class else pos[:, self.num_prefix_tokens:]
 
-    def patchify_embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Images [B, C, H, W] -> patch embeddings with positions added, [B, L, D] (no prefix tokens)."""
+    def patchify_embed(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                       mask_token: torch.Tensor | None = None) -> torch.Tensor:
+        """Images [B, C, H, W] -> patch embeddings with positions added, [B, L, D] (no prefix tokens).
+
+        With ``mask`` (bool [B, L], True = masked) the ``mask_token`` [D] (or [1, 1, D]) replaces the masked patches'
+        embeddings before the positions are added, as iBOT / DINOv2's ``prepare_tokens_with_masks``."""
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
             raise ValueError(f"this ViT takes {self.image_size}x{self.image_size} images, got "
                              f"{x.shape[-2]}x{x.shape[-1]}; resize the input or build the backbone with "
@@ -197,6 +201,8 @@ class ViT(Backbone):
         tokens = self.vit.patch_embed(x)
         if tokens.ndim == 4:  # dynamic_img_size patch embeddings come as [B, h, w, D]
             tokens = tokens.flatten(1, 2)
+        if mask is not None:
+            tokens = torch.where(mask.unsqueeze(-1), mask_token.reshape(1, 1, -1).to(tokens.dtype), tokens)
         pos = self._patch_pos()
         return tokens if pos is None else tokens + pos
 
