@@ -111,14 +111,21 @@ def dino_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, center: torc
     student_out [S, B, K] logits of all crops (global crops first), teacher_out [T, B, K] logits of the T
     global crops (T <= S), center [1, K]. The teacher side carries no gradient.
     """
-    with torch.autocast(student_out.device.type, enabled=False):  # float32 softmax and sums under bf16
+    with torch.autocast(student_out.device.type, enabled=False):  # float32 softmax under bf16
         t = F.softmax((teacher_out.detach().float() - center.float()) / teacher_temp, dim=-1)
+    return cross_view_loss(student_out, t, student_temp)
+
+
+def cross_view_loss(student_out: torch.Tensor, teacher_probs: torch.Tensor, student_temp: float = 0.1) -> torch.Tensor:
+    """Cross-entropy of student logits [S, B, K] against teacher probabilities [T, B, K] (centred or Sinkhorn-Knopp
+    codes, no gradient), averaged over all pairs of views (t, v) with v != t and over the batch."""
+    with torch.autocast(student_out.device.type, enabled=False):  # float32 sums under bf16
         s = F.log_softmax(student_out.float() / student_temp, dim=-1)
-        ce = -torch.einsum("tbk,sbk->ts", t, s) / s.shape[1]  # [T, S] mean cross-entropy per pair
+        ce = -torch.einsum("tbk,sbk->ts", teacher_probs.detach().float(), s) / s.shape[1]  # [T, S] per pair
     try:
         return mean_off_diagonal(ce)
     except ValueError:
-        raise ValueError("dino_loss needs at least two views (pairs of the same view are skipped)") from None
+        raise ValueError("the DINO loss needs at least two views (pairs of the same view are skipped)") from None
 
 
 @torch.no_grad()
