@@ -150,3 +150,53 @@ def multiblock_masks(batch: int, grid: tuple[int, int], generator: torch.Generat
     context = _first_true_indices(cmask, kc)
     return BlockMasks(context=context, targets=targets, grid=(gh, gw), target_size=t_size, context_size=c_size,
                       context_mask=cmask, target_mask=tmask)
+
+
+def ibot_masks(batch: int, grid: tuple[int, int], generator: torch.Generator, device: torch.device | str = "cpu",
+               mask_probability: float = 0.5, mask_ratio: tuple[float, float] = (0.1, 0.5), min_block: int = 4,
+               min_aspect: float = 0.3, max_share: float = 0.5, attempts: int = 40) -> torch.Tensor:
+    """iBOT / DINOv2 block-wise masks of the student's global crops: bool [batch, gh*gw], True = masked.
+
+    As DINOv2's collator and ``MaskingGenerator`` (facebookresearch/dinov2 ``dinov2/data/masking.py``):
+    ``int(batch * mask_probability)`` images are masked, image i of them aiming at ``int(L * r_i)`` patches with r_i
+    uniform in the i-th of the equal slices of ``mask_ratio`` (stratified), the rest unmasked, in random order. Each
+    masked image is covered by rectangles: area uniform in [min_block, remaining budget] (the budget capped at
+    ``max_share * L``), log-aspect uniform in [log min_aspect, -log min_aspect], position uniform; a rectangle is
+    kept when it adds between 1 and the remaining budget new patches. The official loop stops after 10 failed draws
+    in a row; here every image gets ``attempts`` draws, batched, so a mask can stop short of its target the same way.
+    """
+    gh, gw = int(grid[0]), int(grid[1])
+    if not 0.0 <= mask_probability <= 1.0:
+        raise ValueError(f"ibot_masks: mask_probability={mask_probability!r} must be in [0, 1]")
+    if len(mask_ratio) != 2 or not 0.0 <= mask_ratio[0] <= mask_ratio[1] <= 1.0:
+        raise ValueError(f"ibot_masks: mask_ratio={tuple(mask_ratio)} must be (min, max) with 0 <= min <= max <= 1")
+    device = torch.device(device)
+    L = gh * gw
+    n_masked = int(batch * mask_probability)
+    u = _rand(generator, (batch,), device)
+    slot = torch.arange(batch, device=device, dtype=torch.float32)
+    ratio = mask_ratio[0] + (mask_ratio[1] - mask_ratio[0]) * (slot + u) / max(n_masked, 1)
+    target = torch.where(slot < n_masked, (L * ratio).floor(), torch.zeros_like(ratio))
+    target = target[torch.argsort(_rand(generator, (batch,), device))]  # the official collator shuffles the list
+    cap = int(max_share * L)
+    rows = torch.arange(gh, device=device)
+    cols = torch.arange(gw, device=device)
+    mask = torch.zeros(batch, L, dtype=torch.bool, device=device)
+    draws = _rand(generator, (attempts, 4, batch), device)
+    log_aspect = math.log(min_aspect)
+    for a_u, r_u, t_u, l_u in draws:
+        budget = (target - mask.sum(1)).clamp(max=cap)  # [B] patches still to mask
+        area = min_block + a_u * (budget - min_block)
+        aspect = torch.exp(log_aspect + r_u * (-2 * log_aspect))
+        h = torch.round(torch.sqrt(area * aspect)).long()
+        w = torch.round(torch.sqrt(area / aspect)).long()
+        fits = (h < gh) & (w < gw)
+        top = (t_u * (gh - h + 1).clamp(min=1)).floor().long()
+        left = (l_u * (gw - w + 1).clamp(min=1)).floor().long()
+        r = (rows >= top[:, None]) & (rows < (top + h)[:, None])
+        c = (cols >= left[:, None]) & (cols < (left + w)[:, None])
+        block = (r[:, :, None] & c[:, None, :]).flatten(1)
+        new = (block & ~mask).sum(1)
+        accept = fits & (new > 0) & (new <= budget)
+        mask = mask | (block & accept[:, None])
+    return mask
