@@ -154,3 +154,28 @@ def pca_images(tokens: torch.Tensor, grid: tuple[int, int], image_size: int | tu
     px = upsample(torch.from_numpy(rgb).permute(0, 3, 1, 2).reshape(b * 3, h, w), image_size, "nearest")
     px = px.reshape(b, 3, *px.shape[-2:]).permute(0, 2, 3, 1)
     return (px.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def object_similarity_contrast(tokens: torch.Tensor, object_fraction: torch.Tensor, threshold: float = 0.5
+                               ) -> torch.Tensor:
+    """How well patch similarity separates the object from the background, per image: [B].
+
+    ``tokens`` [B, L, D] patch features, ``object_fraction`` [B, L] the object's coverage of each patch (e.g.
+    ``patch_fractions(object_masks(data), grid)``). Patches with coverage >= ``threshold`` are object, those with
+    none are background (edge patches are left out). The score is mean cosine(object, other object patches) minus
+    mean cosine(object, background): 0 when similarity ignores the object, up to 2; NaN for an image without both
+    an object pair and a background patch. A dense-feature check of DINOv3's Gram anchoring, whose point is to keep
+    this structure as training goes on.
+    """
+    if tokens.ndim != 3 or object_fraction.shape != tokens.shape[:2]:
+        raise ValueError(f"object_similarity_contrast: tokens [B, L, D] and object_fraction [B, L] must match, got "
+                         f"{tuple(tokens.shape)} and {tuple(object_fraction.shape)}")
+    z = F.normalize(tokens.float(), dim=-1)
+    sim = z @ z.transpose(1, 2)  # [B, L, L]
+    obj = (object_fraction >= threshold).float()
+    bg = (object_fraction <= 0).float()
+    pair_oo = obj[:, :, None] * obj[:, None, :] * (1 - torch.eye(obj.shape[1], device=obj.device))
+    pair_ob = obj[:, :, None] * bg[:, None, :]
+    within = (sim * pair_oo).sum((1, 2)) / pair_oo.sum((1, 2))
+    across = (sim * pair_ob).sum((1, 2)) / pair_ob.sum((1, 2))
+    return within - across
