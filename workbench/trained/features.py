@@ -71,6 +71,14 @@ class FeatureSet:
     def has_labels(self) -> bool:
         return bool(len(self.labels)) and bool((self.labels >= 0).all())
 
+    def prefix(self, dims: int) -> "FeatureSet":
+        """The first ``dims`` feature dimensions [N, dims] as a new FeatureSet (a Matryoshka representation's
+        nested size); ``meta["prefix_dims"]`` records it."""
+        if not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= self.dim:
+            raise ValueError(f"prefix dims={dims!r} must be an integer in [1, {self.dim}] (the feature size)")
+        return FeatureSet(self.features[:, :dims], self.labels, dict(self.factors), list(self.class_names),
+                          dict(self.factor_names), {**self.meta, "prefix_dims": dims})
+
     def subset(self, index: torch.Tensor) -> "FeatureSet":
         """Rows ``index`` (int64 [M] or bool [N]) as a new FeatureSet."""
         return FeatureSet(self.features[index], self.labels[index], {k: v[index] for k, v in self.factors.items()},
