@@ -1,0 +1,172 @@
+"""DINOv2 / DINOv3 pieces: the iBOT patch loss, KoLeo and the Gram loss against hand values and independent
+references, Sinkhorn-Knopp marginals, iBOT block masks, the mask token, the Gram teacher's refresh schedule, the
+patch centre, register-token ViTs, config errors and the object/background patch-similarity contrast."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.methods.helpers import progress, tiny_vit, views
+from workbench.augment.masks import ibot_masks
+from workbench.config import ConfigError
+from workbench.inspect.patches import object_similarity_contrast
+from workbench.methods.base import Batch, build_method, make_method_config
+from workbench.methods.dinov2 import gram_loss, ibot_loss, koleo_loss
+from workbench.methods.swav import sinkhorn
+from workbench.models.backbones import build_backbone
+
+SMALL = {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16}
+
+
+def test_ibot_loss_hand_value_and_dense_reference():
+    # 2 images x 3 patches, K = 2; image 0 has patches 0 and 2 masked, image 1 none (it counts as 0)
+    mask = torch.tensor([[True, False, True], [False, False, False]])
+    student = torch.tensor([[0.0, 0.0], [0.0, math.log(3.0)]])  # log_softmax: (1/2, 1/2) and (1/4, 3/4)
+    teacher = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    ce0 = -math.log(0.5)
+    ce2 = -(0.5 * math.log(0.25) + 0.5 * math.log(0.75))
+    expected = ((ce0 + ce2) / 2 + 0.0) / 2
+    assert ibot_loss(student, teacher, mask, student_temp=1.0).item() == pytest.approx(expected, rel=1e-6)
+    # against the dense form (every patch through the loss, masked mean per image, mean over images)
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(4, 6, generator=g) < 0.5
+    mask[3] = False
+    s_dense, t_logits = torch.randn(4, 6, 5, generator=g), torch.randn(4, 6, 5, generator=g)
+    t_dense = F.softmax(t_logits / 0.05, -1)
+    ce = -(t_dense * F.log_softmax(s_dense / 0.1, -1)).sum(-1)  # [4, 6]
+    dense = ((ce * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()
+    torch.testing.assert_close(ibot_loss(s_dense[mask], t_dense[mask], mask, 0.1), dense)
+
+
+def test_sinkhorn_marginals():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(12, 4, generator=g)
+    q = sinkhorn(logits, iterations=3, epsilon=0.5)
+    torch.testing.assert_close(q.sum(1), torch.ones(12))  # every sample (patch / image) is an assignment
+    q = sinkhorn(logits, iterations=300, epsilon=0.5)
+    torch.testing.assert_close(q.sum(0), torch.full((4,), 3.0), atol=1e-4, rtol=0)  # equipartition: N / K each
+    assert torch.allclose(sinkhorn(torch.zeros(6, 3), 3, 0.1), torch.full((6, 3), 1 / 3))
+
+
+def test_koleo_on_hand_placed_points():
+    def at(*degrees):
+        return torch.tensor([[math.cos(math.radians(d)), math.sin(math.radians(d))] for d in degrees])
+
+    # square: every nearest neighbour at distance sqrt(2)
+    assert koleo_loss(at(0, 90, 180, 270)).item() == pytest.approx(-math.log(math.sqrt(2)), rel=1e-5)
+    # 0 and 60 degrees are each other's neighbour (distance 1); 180's is 60 (distance sqrt 3); scale is ignored
+    assert koleo_loss(5 * at(0, 60, 180)).item() == pytest.approx(-math.log(math.sqrt(3)) / 3, rel=1e-5)
+
+
+def test_gram_loss_hand_value_and_frobenius_reference():
+    s = torch.tensor([[[1.0, 0.0], [0.0, 2.0]]])  # normalised: orthogonal -> G = I
+    t = torch.tensor([[[3.0, 0.0], [1.0, 0.0]]])  # parallel -> G = all ones
+    assert gram_loss(s, t).item() == pytest.approx(0.5)  # two off-diagonal entries of 1 over 4
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(3, 5, 4, generator=g, requires_grad=True), torch.randn(3, 5, 4, generator=g)
+    ref = sum(torch.linalg.matrix_norm(F.normalize(a, dim=1) @ F.normalize(a, dim=1).T
+                                       - F.normalize(b, dim=1) @ F.normalize(b, dim=1).T) ** 2 for a, b in zip(s, t))
+    torch.testing.assert_close(gram_loss(s, t), ref / (3 * 5 * 5))
+    gram_loss(s, t).backward()
+    assert s.grad.abs().sum() > 0
+
+
+def test_ibot_masks_follow_the_recipe():
+    m = ibot_masks(40, (8, 8), torch.Generator().manual_seed(0))
+    counts = m.sum(1)
+    assert (counts > 0).sum() == 20  # half the images
+    assert counts.max() <= 32 and counts[counts > 0].min() >= 4  # at most 50 % of 64; blocks of >= 4 patches
+    target = torch.tensor(sorted(counts.tolist())[20:], dtype=torch.float)  # stratified ratios 0.1 .. 0.5
+    assert 6 <= target.median() <= 26
+    assert not ibot_masks(8, (8, 8), torch.Generator().manual_seed(0), mask_probability=0.0).any()
+
+
+def test_student_sees_mask_tokens_teacher_the_full_view():
+    bb = tiny_vit().eval()
+    x = torch.randn(2, 3, 16, 16)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[0, :4] = True  # the top row of image 0
+    token = torch.randn(bb.feature_dim)
+    x2 = x.clone()
+    x2[0, :, :4] = torch.randn(3, 4, 16)  # new pixels under the mask only
+    with torch.no_grad():
+        a = bb.encode(bb.patchify_embed(x, mask, token))
+        b = bb.encode(bb.patchify_embed(x2, mask, token))
+        full = bb.encode(bb.patchify_embed(x2))
+    torch.testing.assert_close(a, b)  # masked pixels never reach the student
+    assert (full[0] - b[0]).abs().max() > 1e-3
+
+
+def test_dinov2_step_trains_mask_token_and_logs_each_loss():
+    m = build_method("dinov2", tiny_vit(), SMALL)
+    out = m.training_step(Batch(views(2, 2), 2), progress(step=4))
+    assert set(out.logs) >= {"loss_dino", "loss_koleo", "loss_ibot"} and "loss_gram" not in out.logs
+    total = out.logs["loss_dino"] + 0.1 * out.logs["loss_koleo"] + out.logs["loss_ibot"]
+    torch.testing.assert_close(out.loss.detach(), total)
+    out.loss.backward()
+    assert m.mask_token.grad.abs().sum() > 0 and m.head.last_layer.weight.grad.abs().sum() > 0
+    assert out.features.shape == (6, m.backbone.feature_dim)
+
+
+def test_patch_centre_moves_to_the_masked_teacher_outputs():
+    m = build_method("dinov2", tiny_vit(), {**SMALL, "centering": "center", "mask_probability": 1.0})
+    v = views(2, 0)
+    pr = progress(step=4, seed=3)
+    mask = ibot_masks(12, m.backbone.grid, torch.Generator().manual_seed(3), mask_probability=1.0)
+    with torch.no_grad():
+        t = m.teacher_backbone.encode(m.teacher_backbone.patchify_embed(torch.cat(v)))
+        patch_mean = m.teacher_head(t[:, 1:][mask]).mean(0, keepdim=True)
+        cls_mean = m.teacher_head(t[:, 0]).mean(0, keepdim=True)
+    m.training_step(Batch(v, 2), pr)
+    torch.testing.assert_close(m.patch_center, 0.1 * patch_mean, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(m.center, 0.1 * cls_mean, rtol=1e-4, atol=1e-6)
+
+
+def test_gram_teacher_refreshes_from_the_ema_teacher_on_schedule():
+    m = build_method("dinov2", tiny_vit(), {**SMALL, "gram_weight": 2.0, "gram_start_epochs": 1,
+                                            "gram_refresh_epochs": 0.5})  # 4 steps an epoch: start 4, every 2
+    assert m.gram_backbone in m.teacher_modules()
+    assert "loss_gram" not in m.training_step(Batch(views(), 2), progress(step=3)).logs
+    refreshed = []
+    for step in range(8):
+        with torch.no_grad():
+            for p in m.teacher_backbone.parameters():
+                p.add_(0.01)
+        m.update_teacher(progress(step=step, total_steps=400))
+        refreshed.append(all(torch.equal(a, b) for a, b in zip(m.gram_backbone.parameters(),
+                                                               m.teacher_backbone.parameters())))
+    assert refreshed == [False, False, False, True, False, True, False, True]  # after steps 4, 6, 8 done
+    out = m.training_step(Batch(views(), 2), progress(step=4))
+    assert out.logs["loss_gram"] > 0
+
+
+def test_dinov2_runs_on_a_vit_with_register_tokens():
+    torch.manual_seed(0)
+    bb = build_backbone("timm:vit_small_patch14_reg4_dinov2", 28, depth=1, patch_size=7)
+    assert bb.num_prefix_tokens == 5
+    m = build_method("dinov2", bb, {**SMALL, "mask_probability": 1.0})
+    g = torch.Generator().manual_seed(0)
+    out = m.training_step(Batch([torch.randn(4, 3, 28, 28, generator=g) for _ in range(2)], 2), progress())
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and bb.vit.reg_token.grad.abs().sum() > 0  # registers take part
+
+
+def test_dinov2_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="centering"):
+        make_method_config("dinov2", {"centering": "mean"})
+    with pytest.raises(ConfigError, match="mask_ratio"):
+        make_method_config("dinov2", {"mask_ratio": (0.5, 0.1)})
+    with pytest.raises(ConfigError, match="needs a ViT"):
+        build_method("dinov2", build_backbone("small_cnn", 16, 3, width=8), SMALL)
+
+
+def test_object_similarity_contrast():
+    tokens = torch.tensor([[[1.0, 0.0], [2.0, 0.1], [0.0, 1.0], [0.5, 0.5], [0.1, 3.0]]])
+    frac = torch.tensor([[1.0, 0.8, 0.0, 0.3, 0.0]])  # patch 3 is an edge: left out
+    z = F.normalize(tokens[0], dim=1)
+    within = z[0] @ z[1]
+    across = (z[0] @ z[2] + z[0] @ z[4] + z[1] @ z[2] + z[1] @ z[4]) / 4
+    torch.testing.assert_close(object_similarity_contrast(tokens, frac), (within - across).reshape(1))
