@@ -3,6 +3,7 @@
     python benchmarks/step_profile.py                                # every method, batch 256, 32 px, CPU
     python benchmarks/step_profile.py --methods simclr dino --batch-size 64
     python benchmarks/step_profile.py --no-compile --table          # counts only, a Markdown table at the end
+    python benchmarks/step_profile.py --no-compile --ddp --table    # the compiled DDP step: graphs and its splits
 
 Each method trains through the engine itself (``workbench.train.Trainer``, fp32 on the CPU) for a few steps under
 ``workbench.device.HostSyncCounter``. Counts are attributed to the engine's step counter, so the row of step k is
@@ -20,6 +21,12 @@ Compile coverage (not with ``--no-compile``): a second short run with ``train.co
 ``torch.compile`` call uses a recording backend (no code generation: what dynamo captures does not depend on the
 backend). It reports graphs captured, graph breaks (with dynamo's reasons), graphs captured again after the first
 step (recompiles), and the fraction of the student's and of the teachers' parameters that appear in a captured graph.
+
+DDP (``--ddp``): a third run per method compiles the step as a DDP run does (``workbench.train.setup.ddp_step``: the
+DDP-wrapped step compiled whole, here in a one-process gloo group) and adds, besides the same counts, the subgraphs
+dynamo's DDPOptimizer cut each captured graph into at DDP's gradient buckets (``ddp_splits``; more than one lets a
+bucket's all-reduce overlap the rest of the backward on a GPU). Its graphs are those subgraphs; DDP's own forward
+adds three graph breaks by design (dynamo runs it eagerly: its logger and ``_inside_ddp_forward``).
 
 Targets (issue 19): zero data-dependent syncs in ``views`` and ``loss``; at most one sync per step in all; every
 method's student and teacher compiled. Prints one JSON line per method, then (``--table``) a Markdown table.
@@ -194,9 +201,15 @@ def profile_counts(key: str, batch_size: int, image_size: int, steps: int) -> di
 
 
 # ------------------------------------------------------------------------------------------------ compile
-def profile_compile(key: str, batch_size: int, image_size: int, steps: int) -> dict[str, Any]:
-    """Graphs, graph breaks, recompiles and parameter coverage of ``train.compile=True`` over ``steps`` steps."""
+def profile_compile(key: str, batch_size: int, image_size: int, steps: int, ddp: bool = False) -> dict[str, Any]:
+    """Graphs, graph breaks, recompiles and parameter coverage of ``train.compile=True`` over ``steps`` steps.
+
+    ``ddp``: the step as a DDP run compiles it (``workbench.train.setup.ddp_step``: the DDP-wrapped step compiled
+    whole, in a one-process gloo group), with ``ddp_splits``: the subgraphs dynamo's DDPOptimizer made of each graph
+    at DDP's bucket boundaries (25 MB buckets, the first 1 MB)."""
     import torch._dynamo as dynamo
+    import torch.distributed as dist
+    from torch._dynamo.backends.distributed import DDPOptimizer
     from torch._dynamo.utils import counters
 
     from workbench.train.engine import Trainer
@@ -238,13 +251,29 @@ def profile_compile(key: str, batch_size: int, image_size: int, steps: int) -> d
             return lambda m: orig_compile(m, **kwargs)
         return orig_compile(model, **kwargs)
 
+    splits: list[int] = []
+    orig_split = DDPOptimizer.compile_fn
+
+    def recording_split(self: Any, gm: torch.fx.GraphModule, example_inputs: list, **kw: Any) -> Any:
+        compiled = orig_split(self, gm, example_inputs, **kw)
+        splits.append(len(self.buckets))
+        return compiled
+
     torch.compile = recording_compile
+    DDPOptimizer.compile_fn = recording_split
     err = None
     try:
         with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trainer = Trainer(make_config(key, batch_size, image_size, steps, out, compile=True)).prepare()
             trainer_box.append(trainer)
+            if ddp:
+                from workbench.train.setup import ddp_step
+
+                if not dist.is_initialized():
+                    dist.init_process_group("gloo", store=dist.FileStore(str(Path(out) / "store"), 1), rank=0,
+                                            world_size=1)
+                trainer.parts.stepper = ddp_step(trainer.parts.method, trainer.device, compile=True)
             try:
                 trainer.run()
             except Exception as e:  # a compile failure is a finding, not a crash of the profile
@@ -252,6 +281,7 @@ def profile_compile(key: str, batch_size: int, image_size: int, steps: int) -> d
             method = trainer.parts.method
     finally:
         torch.compile = orig_compile
+        DDPOptimizer.compile_fn = orig_split
     teachers = {id(p) for m in method.teacher_modules() for p in m.parameters()}
     student = {id(p) for p in method.parameters() if p.requires_grad and id(p) not in teachers}
     breaks = dict(counters["graph_break"])
@@ -261,7 +291,7 @@ def profile_compile(key: str, batch_size: int, image_size: int, steps: int) -> d
         "graph_breaks": sum(breaks.values()), "break_reasons": {k[:160]: v for k, v in breaks.items()},
         "student_coverage": round(len(student & seen) / max(1, len(student)), 3),
         "teacher_coverage": (round(len(teachers & seen) / len(teachers), 3) if teachers else None),
-        "compile_error": err,
+        "compile_error": err, **({"ddp_splits": splits} if ddp else {}),
     }
 
 
@@ -281,6 +311,21 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def ddp_table(rows: list[dict[str, Any]]) -> str:
+    """The compile runs of the DDP step (``--ddp``): graphs, breaks, recompiles, DDPOptimizer subgraphs, coverage."""
+    head = ("| method | backbone | graphs | breaks | recompiles | DDPOptimizer subgraphs | student cov | teacher cov | "
+            "error |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        c = r["compile_ddp"]
+        tc = c.get("teacher_coverage")
+        lines.append("| " + " | ".join(str(x) for x in (
+            r["method"], r["backbone"], c["graphs"], c["graph_breaks"], c["graphs_after_step0"],
+            "+".join(map(str, c["ddp_splits"])) or "-", c["student_coverage"], "-" if tc is None else tc,
+            c["compile_error"] or "")) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
@@ -288,6 +333,7 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--steps", type=int, default=4, help="steps per run (>= 4: the profiled step is steps - 2)")
     ap.add_argument("--no-compile", action="store_true", help="skip the compile-coverage run")
+    ap.add_argument("--ddp", action="store_true", help="also the compile run of a DDP step (the wrapped step compiled)")
     ap.add_argument("--table", action="store_true", help="print a Markdown table after the JSON lines")
     args = ap.parse_args()
     if args.steps < 4:
@@ -298,10 +344,15 @@ def main() -> None:
         row = profile_counts(key, args.batch_size, args.image_size, args.steps)
         if not args.no_compile:
             row["compile"] = profile_compile(key, args.batch_size, args.image_size, args.steps)
+        if args.ddp:
+            row["compile_ddp"] = profile_compile(key, args.batch_size, args.image_size, args.steps, ddp=True)
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.table:
         print(table(rows))
+        if args.ddp:
+            print()
+            print(ddp_table(rows))
 
 
 if __name__ == "__main__":

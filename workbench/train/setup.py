@@ -258,28 +258,64 @@ def compile_method(method: nn.Module, compile_fn: Any = None) -> list[str]:
     predictors, decoders and the EMA teachers), ``forward`` and the backbone entry points it has
     (``COMPILED_ENTRY_POINTS``). Each is bound to its module as a compiled method (so a deep copy rebinds to the
     copy rather than calling the original). Submodules holding SyncBatchNorm stay eager (a graph break at every
-    norm layer); their names are returned. ``compile_fn``: ``torch.compile`` unless given (tests, profiles)."""
+    norm layer): their entry points are bound through ``torch.compiler.disable``, so a compile of the whole step
+    (``ddp_step``) runs them eagerly too; their names are returned. ``compile_fn``: ``torch.compile`` unless given
+    (tests, profiles)."""
     import types
 
     compile_fn = compile_fn or torch.compile
     eager = []
     for name, module in method.named_children():
-        if any(isinstance(m, nn.SyncBatchNorm) for m in module.modules()):
+        sync_bn = any(isinstance(m, nn.SyncBatchNorm) for m in module.modules())
+        if sync_bn:
             eager.append(name)
-            continue
         for entry in COMPILED_ENTRY_POINTS:
             fn = getattr(type(module), entry, None)
             if fn is None or not callable(fn):
                 continue
-            setattr(module, entry, types.MethodType(compile_fn(fn), module))
+            wrapped = torch.compiler.disable(fn) if sync_bn else compile_fn(fn)
+            setattr(module, entry, types.MethodType(wrapped, module))
     return eager
+
+
+def ddp_step(method: nn.Module, device: torch.device, compile: bool = False, compile_fn: Any = None,
+             bucket_cap_mb: float = 25.0) -> nn.Module:
+    """The step of a DDP run: ``StepModule(method)`` in DistributedDataParallel (``bucket_cap_mb`` per gradient
+    bucket); with ``compile``, the DDP-wrapped module itself goes through ``compile_fn`` (``torch.compile``).
+
+    Why the wrapper: a compiled graph's backward is one autograd node, so all its gradients become ready together
+    at its end and DDP's all-reduce cannot start before. Dynamo's DDPOptimizer (``torch._dynamo.config.optimize_ddp
+    = "ddp_optimizer"``, set here) cuts each graph captured inside DDP's forward at DDP's bucket boundaries (the
+    first bucket 1 MB), so the late subgraphs' buckets all-reduce while the early ones still compute. Compiled
+    whole, the step is one graph (student, loss, the all-gather, the teacher under no_grad) cut along the buckets
+    of all its parameters; where it breaks (a torch.Generator argument), the per-submodule compiles of
+    ``compile_method`` run and are cut per bucket too. DDP's own forward runs eagerly (dynamo skips it). Expect
+    one recompile at step 1 for methods whose step reads ``progress.step`` (it becomes symbolic). DDP searches for
+    unused parameters only when the method asks (``find_unused_parameters``): every method uses all its trainable
+    parameters in every step (DINO/SwAV freeze layers with a zero gradient that stays in the graph)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if compile:
+        import torch._dynamo
+
+        torch._dynamo.config.optimize_ddp = "ddp_optimizer"  # DDP reads the mode when it is built, dynamo per frame
+    find_unused = bool(getattr(method, "find_unused_parameters", False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # broadcast_buffers' rename in newer torch
+        stepper: nn.Module = DDP(StepModule(method), device_ids=[device.index] if device.type == "cuda" else None,
+                                 broadcast_buffers=False, find_unused_parameters=find_unused,
+                                 bucket_cap_mb=bucket_cap_mb)
+    if compile:
+        stepper = (compile_fn or torch.compile)(stepper)
+    return stepper
 
 
 def build_training(config: PretrainConfig, data: TrainingData, device: torch.device, world: int,
                    is_main: bool) -> TrainingParts:
     """Method, precision (bf16 autocast on CUDA under ``auto``; opt-in on a CPU), channels_last (CNNs on CUDA under ``auto``),
     SyncBatchNorm under DDP on CUDA, optimizer with norm/bias exclusion, warm-up + cosine schedule, opt-in
-    ``torch.compile`` of the backbone, and the DDP wrapper."""
+    ``torch.compile`` of what the step calls, and the DDP wrapper (compiled too under ``train.compile``:
+    ``ddp_step``)."""
     t = config.train
     method = build_method_for(config, data.image_size, data.in_chans)
     resolved = resolve_train(config)
@@ -314,17 +350,7 @@ def build_training(config: PretrainConfig, data: TrainingData, device: torch.dev
         if eager and is_main:
             warnings.warn(f"train.compile: {eager} hold SyncBatchNorm, which breaks a compiled graph at every norm "
                           "layer; they run eagerly (the rest of the method is compiled)")
-    stepper: nn.Module = StepModule(method)
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        # every method uses all its trainable parameters in every step (DINO/SwAV freeze layers with a zero
-        # gradient that stays in the graph), so DDP need not search the graph for unused ones
-        find_unused = bool(getattr(method, "find_unused_parameters", False))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # broadcast_buffers' rename in newer torch
-            stepper = DDP(stepper, device_ids=[device.index] if device.type == "cuda" else None,
-                          broadcast_buffers=False, find_unused_parameters=find_unused)
+    stepper = ddp_step(method, device, compile=t.compile) if world > 1 else StepModule(method)
     return TrainingParts(method, stepper, optimizer, scheduler, resolved, amp_dtype, channels_last, sync_bn,
                          steps_per_epoch, total_steps, warmup_steps)
 
