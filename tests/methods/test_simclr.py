@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.methods.helpers import _fake_dist, _pair
+from tests.methods.helpers import _fake_dist, _pair, progress, tiny_cnn, views
 from workbench.config import ConfigError
+from workbench.methods import Batch, build_method
 from workbench.methods import simclr as simclr_mod
 from workbench.methods.simclr import SimCLRConfig, mochi_negatives, nt_xent_loss
 
@@ -78,30 +79,36 @@ def test_nt_xent_rank_offsets(monkeypatch, decoupled):
 
 # ---------------------------------------------------------------- MoCHi
 
-def _reference_loss(z1, z2, t, hardest, mix, mix_query, seed):
-    """NT-Xent with MoCHi written anchor by anchor, drawing the same random numbers in the same order."""
+def _reference_loss(z1, z2, t, hardest, mix, mix_query, seed, queue=None, decoupled=False):
+    """NT-Xent with MoCHi written anchor by anchor, drawing the same random numbers in the same order; ``queue``
+    [K, d] concatenated by hand to every anchor's negatives (and MoCHi's pool when given); ``decoupled``: DCL."""
     a = F.normalize(torch.cat([z1, z2]), dim=1)
     b = z1.shape[0]
     g = torch.Generator().manual_seed(seed)
     rows = 2 * b
-    alpha = torch.rand(rows, mix, 1, generator=g)
-    i = torch.randint(0, hardest, (rows, mix), generator=g)
-    j = torch.randint(0, hardest, (rows, mix), generator=g)
-    jq = torch.randint(0, hardest, (rows, mix_query), generator=g)
-    beta = 0.5 * torch.rand(rows, mix_query, 1, generator=g)
+    if hardest:
+        alpha = torch.rand(rows, mix, 1, generator=g)
+        i = torch.randint(0, hardest, (rows, mix), generator=g)
+        j = torch.randint(0, hardest, (rows, mix), generator=g)
+        jq = torch.randint(0, hardest, (rows, mix_query), generator=g)
+        beta = 0.5 * torch.rand(rows, mix_query, 1, generator=g)
+    queued = [] if queue is None else list(queue)
     losses = []
     for r in range(rows):
         pos = (r + b) % rows
-        negs = [k for k in range(rows) if k not in (r, pos)]
-        sims = torch.stack([a[r] @ a[k] for k in negs])
-        order = sorted(range(len(negs)), key=lambda m: -float(sims[m]))[:hardest]
-        hard = [a[negs[m]].detach() for m in order]
-        synth = [F.normalize(alpha[r, k, 0] * hard[i[r, k]] + (1 - alpha[r, k, 0]) * hard[j[r, k]], dim=0)
-                 for k in range(mix)]
-        synth += [F.normalize(beta[r, k, 0] * a[r].detach() + (1 - beta[r, k, 0]) * hard[jq[r, k]], dim=0)
-                  for k in range(mix_query)]
-        logits = torch.stack([a[r] @ a[pos]] + [a[r] @ a[k] for k in negs] + [a[r] @ s for s in synth]) / t
-        losses.append(-torch.log_softmax(logits, dim=0)[0])
+        negs = [a[k] for k in range(rows) if k not in (r, pos)]
+        synth = []
+        if hardest:
+            pool = queued or negs
+            sims = torch.stack([a[r] @ n for n in pool])
+            order = sorted(range(len(pool)), key=lambda m: -float(sims[m]))[:hardest]
+            hard = [pool[m].detach() for m in order]
+            synth = [F.normalize(alpha[r, k, 0] * hard[i[r, k]] + (1 - alpha[r, k, 0]) * hard[j[r, k]], dim=0)
+                     for k in range(mix)]
+            synth += [F.normalize(beta[r, k, 0] * a[r].detach() + (1 - beta[r, k, 0]) * hard[jq[r, k]], dim=0)
+                      for k in range(mix_query)]
+        logits = torch.stack([a[r] @ a[pos]] + [a[r] @ n for n in negs + queued + synth]) / t
+        losses.append(-logits[0] + logits[1:].logsumexp(0) if decoupled else -torch.log_softmax(logits, dim=0)[0])
     return torch.stack(losses).mean()
 
 
@@ -159,3 +166,109 @@ def test_simclr_with_mochi_trains_through_the_engine(blobs_data, tmp_path):
     run = pretrain(cfg)
     losses = [r["loss"] for r in run.metrics() if r["kind"] == "step"]
     assert run.status["status"] == "completed" and losses and all(torch.isfinite(torch.tensor(losses)))
+
+
+# ---------------------------------------------------------------- MoCo-style queue (MoCHi mixes from it)
+
+def _queue(k=7, d=5, seed=3):
+    return F.normalize(torch.randn(k, d, generator=torch.Generator().manual_seed(seed)), dim=1)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_loss_with_a_queue_equals_the_queue_concatenated_by_hand(decoupled):
+    z1, z2 = _pair(5, 5, seed=4)
+    ours = nt_xent_loss(z1, z2, 0.3, decoupled=decoupled, queue=_queue())
+    ref = _reference_loss(z1, z2, 0.3, 0, 0, 0, seed=0, queue=_queue(), decoupled=decoupled)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    assert float(ours) > float(nt_xent_loss(z1, z2, 0.3, decoupled=decoupled))  # more negatives, higher loss
+
+
+def test_mochi_mixes_from_the_queue_like_a_per_anchor_reference():
+    z1, z2 = _pair(5, 5, seed=5)
+    ours = nt_xent_loss(z1, z2, 0.3, mochi=(4, 3, 2), generator=torch.Generator().manual_seed(7), queue=_queue())
+    ref = _reference_loss(z1, z2, 0.3, 4, 3, 2, seed=7, queue=_queue())
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_mochi_synthetic_negatives_from_a_queue_by_hand():
+    """2-d unit vectors at known angles: anchor (1, 0)'s two hardest queue entries are those at 0.1 and 0.5 rad,
+    anchor (0, 1)'s those at 1.2 and 2.0 rad (sin 1.2 > sin 2.0); each synthetic point written out from the draws."""
+    angles = [0.1, 0.5, 1.2, 2.0, 3.0]
+    queue = torch.tensor([[math.cos(a), math.sin(a)] for a in angles])
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    hardest = [[0.1, 0.5], [1.2, 2.0]]  # per anchor, hardest first (as topk orders them)
+    synth = mochi_negatives(anchors, queue, anchors @ queue.T / 0.2, hardest=2, mix=3, mix_query=2,
+                            generator=torch.Generator().manual_seed(11))
+    g = torch.Generator().manual_seed(11)  # the draws, in mochi_negatives' order: alpha, i, j, j', beta
+    alpha, i, j = torch.rand(2, 3, 1, generator=g), torch.randint(0, 2, (2, 3), generator=g), \
+        torch.randint(0, 2, (2, 3), generator=g)
+    jq, beta = torch.randint(0, 2, (2, 2), generator=g), 0.5 * torch.rand(2, 2, 1, generator=g)
+
+    def unit(x, y):
+        n = math.hypot(x, y)
+        return [x / n, y / n]
+
+    expected = []
+    for r in range(2):
+        q, (h0, h1) = anchors[r].tolist(), hardest[r]
+        point = {0: (math.cos(h0), math.sin(h0)), 1: (math.cos(h1), math.sin(h1))}
+        row = []
+        for k in range(3):
+            a, ni, nj = float(alpha[r, k, 0]), point[int(i[r, k])], point[int(j[r, k])]
+            row.append(unit(a * ni[0] + (1 - a) * nj[0], a * ni[1] + (1 - a) * nj[1]))
+        for k in range(2):
+            bt, nj = float(beta[r, k, 0]), point[int(jq[r, k])]
+            row.append(unit(bt * q[0] + (1 - bt) * nj[0], bt * q[1] + (1 - bt) * nj[1]))
+        expected.append(row)
+    torch.testing.assert_close(synth, torch.tensor(expected), rtol=1e-5, atol=1e-6)
+
+
+QUEUE_OPTIONS = {"proj_hidden_dim": 32, "proj_output_dim": 16, "queue_length": 12, "mochi_hardest": 4,
+                 "mochi_mix": 3, "mochi_mix_query": 2}
+
+
+def test_simclr_step_reads_the_queue_then_enqueues_its_keys():
+    torch.manual_seed(0)
+    m = build_method("simclr", tiny_cnn(), QUEUE_OPTIONS)
+    before = m.queue.rows[0].clone()
+    assert m.queue.full and torch.allclose(before.norm(dim=1), torch.ones(12))  # MoCo's start: random unit keys
+    seen = []
+    m.projector.register_forward_hook(lambda mod, inp, out: seen.append(out.detach()))
+    out = m.training_step(Batch(views(b=6), 2), progress())
+    out.loss.backward()  # the enqueue after the loss left the graph intact
+    z1, z2 = seen
+    ref = nt_xent_loss(z1, z2, 0.2, mochi=(4, 3, 2), generator=torch.Generator().manual_seed(0), queue=before)
+    torch.testing.assert_close(out.loss.detach(), ref, rtol=1e-5, atol=1e-6)  # the loss saw the queue before
+    torch.testing.assert_close(m.queue.newest_first()[0, :6], F.normalize(z2, dim=1).flip(0))  # then z2 went in
+    torch.testing.assert_close(m.queue.rows[0, 6:], before[6:])  # and only replaced the oldest rows
+    assert not m.queue.rows.requires_grad
+    m.eval()
+    kept = m.queue.rows.clone()
+    m.training_step(Batch(views(b=6, seed=1), 2), progress(step=1))
+    assert torch.equal(m.queue.rows, kept)  # evaluation passes enqueue nothing
+
+
+def test_simclr_queue_survives_a_checkpoint_round_trip():
+    import io
+
+    torch.manual_seed(0)
+    m = build_method("simclr", tiny_cnn(), QUEUE_OPTIONS)
+    for step in range(3):  # 18 keys through a 12-row queue: wrapped round
+        m.training_step(Batch(views(b=6, seed=step), 2), progress(step=step))
+    buffer = io.BytesIO()
+    torch.save(m.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = build_method("simclr", tiny_cnn(), QUEUE_OPTIONS)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    assert (fresh.queue._ptr, fresh.queue._fill) == (m.queue._ptr, m.queue._fill) == (6, 12)
+    losses = [x.training_step(Batch(views(b=6, seed=9), 2), progress(step=3)).loss for x in (m, fresh)]
+    torch.testing.assert_close(losses[1], losses[0])
+    torch.testing.assert_close(fresh.queue.rows, m.queue.rows)
+
+
+def test_queue_config_errors():
+    with pytest.raises(ConfigError, match="queue_length"):
+        SimCLRConfig(queue_length=-1)
+    with pytest.raises(ConfigError, match="more than the queue_length=8"):
+        SimCLRConfig(queue_length=8, mochi_hardest=16, mochi_mix=4)
+

@@ -55,11 +55,11 @@ def test_swav_prototypes_normalised_frozen_then_trained_and_queue_fills():
     torch.testing.assert_close(m.prototypes.weight.norm(dim=1), torch.ones(20))
     assert torch.count_nonzero(m.prototypes.weight.grad) == 0  # frozen during the first epoch
     assert m.backbone.stages[0][0].weight.grad.abs().sum() > 0
-    assert m.queue[:, 6:].abs().sum() == 0 and m.queue[:, :6].abs().sum() > 0  # half full
+    assert m.queue.rows[:, 6:].abs().sum() == 0 and m.queue.rows[:, :6].abs().sum() > 0  # half full
     m.zero_grad()
     out = m.training_step(Batch(views(b=6, seed=1), 2), progress(step=4))
     out.loss.backward()
     assert m.prototypes.weight.grad.abs().sum() > 0
-    assert bool((m.queue.norm(dim=-1) > 0.99).all())  # full: newest embeddings first
+    assert bool((m.queue.rows.norm(dim=-1) > 0.99).all()) and m.queue.full  # full of unit embeddings
     out = m.training_step(Batch(views(b=6, seed=2), 2), progress(step=5))  # now the queue joins Sinkhorn
     assert torch.isfinite(out.loss)

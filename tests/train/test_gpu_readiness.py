@@ -104,15 +104,11 @@ def test_simsiam_direct_pred_correlation_is_float32_under_bf16_autocast():
 def test_swav_queue_scores_are_float32_under_bf16_autocast():
     torch.manual_seed(0)
     m = build_method("swav", tiny_cnn(), SMALL["swav"])
-    m.queue.copy_(nn.functional.normalize(torch.randn_like(m.queue), dim=-1))
-    m._fill = m.queue.shape[1]
+    m.queue.push(nn.functional.normalize(torch.randn(2, m.queue.length, 16), dim=-1))
     scores = torch.randn(6, 20) * 0.3
-    z = nn.functional.normalize(torch.randn(6, 16), dim=-1)
-    keep = m.queue.clone()
-    ref = m._codes(0, scores, z, use_queue=True, full=True)
-    m.queue.copy_(keep)
+    ref = m._codes(0, scores, full=True)
     with _bf16():
-        out = m._codes(0, scores, z, use_queue=True, full=True)
+        out = m._codes(0, scores, full=True)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
 
 
@@ -158,28 +154,35 @@ def test_swav_queue_state_loads_under_another_world_size(monkeypatch, saved_worl
     for step in range(3):  # 3 steps of 6: the queue (6 or 12 rows) is full
         saver.training_step(Batch(views(b=6, seed=step), 2), progress(step=step))
     state = saver.state_dict()
-    assert int(state["queue_fill"]) == 12 // saved_world
+    assert int(state["queue.fill"]) == 12 // saved_world
 
     monkeypatch.setattr(swav, "world_size", lambda: load_world)
     loader = build_method("swav", tiny_cnn(), SMALL["swav"])
     loader.load_state_dict(state)
     rows = min(12 // saved_world, 12 // load_world)
-    assert loader.queue.shape[1] == 12 // load_world
-    torch.testing.assert_close(loader.queue[:, :rows], saver.queue[:, :rows])  # the newest rows, in order
-    assert loader._fill == rows and int(loader.queue_fill) == rows
+    assert loader.queue.length == 12 // load_world
+    torch.testing.assert_close(loader.queue.newest_first(), saver.queue.newest_first()[:, :rows])  # newest, in order
+    assert loader.queue._fill == rows and int(loader.queue.fill) == rows
     out = loader.training_step(Batch(views(b=6, seed=9), 2), progress(step=3))  # trains on
     assert torch.isfinite(out.loss)
 
 
-def test_swav_checkpoint_without_queue_fill_counts_the_filled_rows():
+@pytest.mark.parametrize("with_fill", [True, False])
+def test_swav_checkpoint_from_before_the_shared_queue_loads(with_fill):
+    """The older layout: buffer ``queue`` [2, L, d] newest first, ``queue_fill`` (older still: none, rows counted)."""
     torch.manual_seed(0)
     m = build_method("swav", tiny_cnn(), SMALL["swav"])
     m.training_step(Batch(views(b=6), 2), progress())
-    state = m.state_dict()
-    del state["queue_fill"]  # a checkpoint written before the fill count was kept
+    m.training_step(Batch(views(b=3, seed=1), 2), progress(step=1))
+    state = {k: v for k, v in m.state_dict().items() if not k.startswith("queue.")}
+    state["queue"] = torch.zeros_like(m.queue.rows)
+    state["queue"][:, :9] = m.queue.newest_first()
+    if with_fill:
+        state["queue_fill"] = torch.tensor(9)
     fresh = build_method("swav", tiny_cnn(), SMALL["swav"])
     fresh.load_state_dict(state)
-    assert fresh._fill == 6
+    assert fresh.queue._fill == 9 and fresh.queue._ptr == 9
+    torch.testing.assert_close(fresh.queue.newest_first(), m.queue.newest_first())
 
 
 def test_resume_restores_only_the_rng_state_this_process_has():

@@ -7,10 +7,12 @@ Pseudo-code, as written here::
     a = normalize(cat(z1, z2))                            # the 2B local anchors
     c = normalize(cat(gather(z1), gather(z2)))            # the 2N candidates of the global batch (N = B * ranks)
     logits = a @ c.T / t, with each anchor's own column removed
+    queue (MoCo, He et al. 2020): logits += a @ queue.T / t; after the loss, enqueue normalize(gather(z2)), FIFO
     loss = cross_entropy(logits, column of the other view of the same image)           # NT-Xent
     dcl:  loss = mean(-w * pos / t + logsumexp(logits without the positive column))   # DCL; w = 1
     dclw: w = 2 - exp(pos / sigma) / mean_batch(exp(pos / sigma))                       # DCLW weighting
-    mochi (Kalantidis et al., 2020): per anchor, mix its N hardest negatives into s synthetic negatives
+    mochi (Kalantidis et al., 2020): per anchor, mix its N hardest negatives (among the queue when there is one,
+          as the paper's MoCo; else among the batch's) into s synthetic negatives
           normalize(alpha n_i + (1 - alpha) n_j) and s' normalize(beta q + (1 - beta) n_j), beta < 0.5; they are
           appended to the anchor's logits without gradient of their own
 
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 
 from workbench.config import ConfigError, check_choice, check_range
 from workbench.methods.base import Batch, Method, Progress, Recipe, StepOutput, gather, rank, register
+from workbench.methods.queue import Queue
 from workbench.models.backbones import Backbone
 from workbench.models.heads import mlp
 
@@ -37,7 +40,10 @@ class SimCLRConfig:
     denominator); ``dcl_sigma`` set with loss="dcl" turns on DCLW's positive weighting (paper: 0.5).
     MoCHi hard-negative mixing (off when ``mochi_hardest`` is 0): ``mochi_hardest`` = N hardest negatives per
     anchor, ``mochi_mix`` = s negative-negative mixes, ``mochi_mix_query`` = s' query-negative mixes (the paper's
-    (N, s, s'); it uses e.g. (1024, 1024, 512) over a 65k queue: scale N to the batch, here 2B - 2 negatives)."""
+    (N, s, s'); it uses e.g. (1024, 1024, 512) over a 65k queue). ``queue_length`` > 0 adds MoCo's queue of past
+    keys (each step's second-view projections, gathered across ranks, enqueued after the loss; it starts full of
+    random unit vectors, as MoCo's) as extra negatives of every anchor, and MoCHi then mixes from the queue as its
+    paper does; without a queue it mixes among the 2N - 2 in-batch negatives."""
 
     proj_hidden_dim: int = 2048
     proj_output_dim: int = 256
@@ -47,6 +53,7 @@ class SimCLRConfig:
     mochi_hardest: int = 0
     mochi_mix: int = 0
     mochi_mix_query: int = 0
+    queue_length: int = 0
 
     def __post_init__(self) -> None:
         o = "SimCLRConfig"
@@ -59,7 +66,7 @@ class SimCLRConfig:
             if self.loss != "dcl":
                 raise ConfigError(f"{o}.dcl_sigma={self.dcl_sigma} weights the decoupled loss; set loss='dcl' "
                                   f"too, or dcl_sigma=None for plain NT-Xent")
-        for name in ("mochi_hardest", "mochi_mix", "mochi_mix_query"):
+        for name in ("mochi_hardest", "mochi_mix", "mochi_mix_query", "queue_length"):
             check_range(o, name, getattr(self, name), 0)
         if self.mochi_hardest == 0 and (self.mochi_mix or self.mochi_mix_query):
             raise ConfigError(f"{o}.mochi_mix/mochi_mix_query mix the hardest negatives: set mochi_hardest > 0 "
@@ -67,6 +74,9 @@ class SimCLRConfig:
         if self.mochi_hardest and not (self.mochi_mix or self.mochi_mix_query):
             raise ConfigError(f"{o}.mochi_hardest={self.mochi_hardest} synthesises nothing: set mochi_mix and/or "
                               f"mochi_mix_query > 0, or mochi_hardest=0")
+        if self.queue_length and self.mochi_hardest > self.queue_length:
+            raise ConfigError(f"{o}.mochi_hardest={self.mochi_hardest} is more than the queue_length="
+                              f"{self.queue_length} negatives MoCHi mixes from: lower it or lengthen the queue")
 
 
 def mochi_negatives(anchors: torch.Tensor, candidates: torch.Tensor, negative_logits: torch.Tensor, hardest: int,
@@ -100,13 +110,15 @@ def mochi_negatives(anchors: torch.Tensor, candidates: torch.Tensor, negative_lo
 
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2, decoupled: bool = False,
                  dcl_sigma: float | None = None, mochi: tuple[int, int, int] | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, queue: torch.Tensor | None = None) -> torch.Tensor:
     """NT-Xent over the 2N views of the global batch, averaged over this rank's 2B anchors (``decoupled``: DCL).
 
     z1, z2: [B, d] projections of two views of the same B images (row i of each is a positive pair); other
     ranks' projections are gathered with gradients, and this rank's rows sit at offset ``rank() * B``.
     ``dcl_sigma`` (only with ``decoupled``) weights each positive term by DCLW's von Mises-Fisher weight.
-    ``mochi`` = (N, s, s') appends MoCHi's synthetic negatives (:func:`mochi_negatives`, drawn from ``generator``).
+    ``queue`` [K, d]: L2-normalised past keys, extra negatives of every anchor (no gradient; pass a copy of a
+    buffer that is enqueued into after the loss). ``mochi`` = (N, s, s') appends MoCHi's synthetic negatives
+    (:func:`mochi_negatives`, drawn from ``generator``), mixed from the queue when there is one, else from the batch.
     """
     with torch.autocast(z1.device.type, enabled=False):  # logits in float32 even under bf16 autocast
         b = z1.shape[0]
@@ -120,10 +132,17 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2, d
         self_col, pos_col = torch.cat([idx, idx + n])[:, None], torch.cat([idx + n, idx])[:, None]  # [2B, 1]
         mask = torch.zeros_like(logits, dtype=torch.bool)
         logits = logits.masked_fill(mask.scatter(1, self_col, True), float("-inf"))
+        columns = [logits]
+        if queue is not None:
+            queue = queue.detach().to(dtype)
+            columns.append(anchors @ queue.T / temperature)                          # [2B, K]
         if mochi is not None and mochi[0] > 0:
-            negative_logits = logits.masked_fill(mask.scatter(1, pos_col, True), float("-inf"))
-            synthetic = mochi_negatives(anchors, candidates, negative_logits, *mochi, generator=generator)
-            logits = torch.cat([logits, torch.einsum("bd,bkd->bk", anchors, synthetic) / temperature], dim=1)
+            pool, pool_logits = (queue, columns[1]) if queue is not None else (
+                candidates, logits.masked_fill(mask.scatter(1, pos_col, True), float("-inf")))
+            synthetic = mochi_negatives(anchors, pool, pool_logits, *mochi, generator=generator)
+            columns.append(torch.einsum("bd,bkd->bk", anchors, synthetic) / temperature)
+        if len(columns) > 1:
+            logits = torch.cat(columns, dim=1)
             mask = torch.zeros_like(logits, dtype=torch.bool)
         if not decoupled:
             return F.cross_entropy(logits, pos_col[:, 0])
@@ -140,7 +159,8 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2, d
 
 @register
 class SimCLR(Method):
-    """Backbone + MLP projector trained with NT-Xent between two views (negatives: the rest of the global batch)."""
+    """Backbone + MLP projector trained with NT-Xent between two views (negatives: the rest of the global batch, and
+    the queue of past keys when ``queue_length`` > 0)."""
 
     name = "simclr"
     Config = SimCLRConfig
@@ -151,13 +171,18 @@ class SimCLR(Method):
         super().__init__(backbone, config)
         c = config
         self.projector = mlp(backbone.feature_dim, c.proj_hidden_dim, c.proj_output_dim, 2, batch_norm=False)
+        self.queue = Queue(1, c.queue_length, c.proj_output_dim, shared=True, random_init=True) if c.queue_length \
+            else None
 
     def training_step(self, batch: Batch, progress: Progress) -> StepOutput:
         c, (x1, x2) = self.config, self.views(batch)
         f1, f2 = self.backbone(x1), self.backbone(x2)
         z1, z2 = self.projector(f1), self.projector(f2)
         mochi = (c.mochi_hardest, c.mochi_mix, c.mochi_mix_query) if c.mochi_hardest else None
+        queue = self.queue.rows[0].clone() if self.queue is not None else None  # the enqueue below writes in place
         loss = nt_xent_loss(z1, z2, c.temperature, decoupled=c.loss == "dcl", dcl_sigma=c.dcl_sigma, mochi=mochi,
-                            generator=progress.generator)
+                            generator=progress.generator, queue=queue)
+        if self.queue is not None and self.training:  # after the loss: this batch's keys negate later batches only
+            self.queue.push(F.normalize(z2.detach().float(), dim=1)[None])
         pos_sim = F.cosine_similarity(z1.detach().float(), z2.detach().float(), dim=1).mean()
         return StepOutput(loss, f1.detach(), {"pos_sim": pos_sim})

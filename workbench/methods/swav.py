@@ -26,6 +26,7 @@ from workbench.config import check_range
 from workbench.methods.base import (Batch, Method, Progress, Recipe, StepOutput, all_reduce, mean_off_diagonal,
                                     register, world_size)
 from workbench.methods.dino import multicrop_pooled, zero_grad_view
+from workbench.methods.queue import Queue
 from workbench.models.heads import mlp
 
 
@@ -84,11 +85,6 @@ def swav_loss(scores: torch.Tensor, codes: torch.Tensor, temperature: float = 0.
         raise ValueError("swav_loss needs at least two crops (a crop does not predict its own code)") from None
 
 
-def _read_fill(module: "SwAV", keys: object) -> None:
-    """After loading: the queue's fill count back into the Python int the loop reads (one sync, at load)."""
-    module._fill = int(module.queue_fill)
-
-
 @register
 class SwAV(Method):
     """Backbone + projection MLP + prototypes; codes from Sinkhorn on the global crops, predicted from the others."""
@@ -103,14 +99,10 @@ class SwAV(Method):
         c = config
         self.projector = mlp(backbone.feature_dim, c.hidden_dim, c.out_dim, 2)
         self.prototypes = nn.Linear(c.out_dim, c.num_prototypes, bias=False)
-        # per-rank queue of past normalised embeddings of the global crops (2 of them; more are not queued), newest
-        # first; ``queue_fill`` rows of it hold embeddings (a Python int in the loop, no host sync; the buffer
-        # carries it in checkpoints). Loading adapts a queue saved under another world size (see _adapt_queue).
-        self.register_buffer("queue", torch.zeros(2, c.queue_length // world_size(), c.out_dim))
-        self.register_buffer("queue_fill", torch.zeros((), dtype=torch.long))
-        self._fill = 0
-        self._register_load_state_dict_pre_hook(self._adapt_queue)
-        self.register_load_state_dict_post_hook(_read_fill)
+        # per-rank queue of past normalised embeddings of the two global crops (more are not queued); a queue saved
+        # under another world size keeps its newest rows that fit (workbench.methods.queue)
+        self.queue = Queue(2, c.queue_length // world_size(), c.out_dim)
+        self._register_load_state_dict_pre_hook(self._legacy_queue)
 
     def training_step(self, batch: Batch, progress: Progress) -> StepOutput:
         c = self.config
@@ -125,43 +117,33 @@ class SwAV(Method):
             w = zero_grad_view(w)
         with torch.autocast(z.device.type, enabled=False):  # scores / epsilon are exponentiated: keep float32
             scores = (z.float() @ w.float().t()).reshape(v, b, -1)
-        use_queue = self.training and self.queue.shape[1] >= b and epoch >= c.queue_start_epoch
-        full = use_queue and self._fill >= self.queue.shape[1]  # decided on the host: no sync
-        codes = torch.stack([self._codes(i, scores[i], z[i * b:(i + 1) * b], use_queue, full)
-                             for i in range(batch.num_global)])
-        if use_queue:
-            self._fill = min(self.queue.shape[1], self._fill + b)
-            self.queue_fill.fill_(self._fill)
+        use_queue = self.training and self.queue.length >= b and epoch >= c.queue_start_epoch
+        full = use_queue and self.queue.full  # decided on the host: no sync
+        codes = torch.stack([self._codes(i, scores[i], full) for i in range(batch.num_global)])
+        if use_queue:  # enqueue after the codes: the batch's own embeddings never join its Sinkhorn
+            self.queue.push(z[:min(2, batch.num_global) * b].detach().unflatten(0, (-1, b)))
         loss = swav_loss(scores, codes, c.temperature)
         return StepOutput(loss, feats[0].detach(), {})
 
     @torch.no_grad()
-    def _codes(self, i: int, scores: torch.Tensor, z: torch.Tensor, use_queue: bool, full: bool) -> torch.Tensor:
-        """Sinkhorn codes of global crop ``i`` [B, K], with queued embeddings' scores prepended when full."""
+    def _codes(self, i: int, scores: torch.Tensor, full: bool) -> torch.Tensor:
+        """Sinkhorn codes of global crop ``i`` [B, K], with its queue's scores prepended when the queue is full."""
         c, b = self.config, scores.shape[0]
-        if not use_queue or i >= self.queue.shape[0]:
-            return sinkhorn(scores, c.sinkhorn_iterations, c.epsilon)
-        q = self.queue[i]
-        if full:  # the queue's scores join the Sinkhorn batch, in float32 (they are exponentiated / epsilon)
+        if full and i < self.queue.rows.shape[0]:  # queue scores join the Sinkhorn batch in float32 (exponentiated)
             with torch.autocast(scores.device.type, enabled=False):
+                q = self.queue.rows[i]
                 scores = torch.cat([q.float() @ self.prototypes.weight.float().t(), scores.float()])
-        q[b:] = q[:-b].clone()
-        q[:b] = z.detach()
         return sinkhorn(scores, c.sinkhorn_iterations, c.epsilon)[-b:]
 
-    def _adapt_queue(self, state_dict: dict, prefix: str, *args: object) -> None:
-        """Make a saved queue fit this process: a queue saved under another world size (its per-rank length is
-        ``queue_length // world``) keeps its newest rows that fit, zero rows after them; a checkpoint without
-        ``queue_fill`` (older runs) counts the queue's non-zero rows."""
-        key, fill_key = prefix + "queue", prefix + "queue_fill"
-        saved = state_dict.get(key)
-        if saved is None:
+    def _legacy_queue(self, state_dict: dict, prefix: str, *args: object) -> None:
+        """A checkpoint from before the shared Queue: ``queue`` rows newest first and ``queue_fill`` (older still: no
+        fill count, the non-zero rows counted) become the ring buffer's rows (oldest first), pointer and fill."""
+        old = state_dict.pop(prefix + "queue", None)
+        if old is None:
             return
-        if fill_key not in state_dict:
-            state_dict[fill_key] = (saved[0].abs().sum(dim=-1) > 0).sum()
-        if saved.shape[1] != self.queue.shape[1] and saved.shape[::2] == self.queue.shape[::2]:
-            rows = min(saved.shape[1], self.queue.shape[1])
-            fitted = torch.zeros(self.queue.shape, dtype=saved.dtype, device=saved.device)
-            fitted[:, :rows] = saved[:, :rows]
-            state_dict[key] = fitted
-            state_dict[fill_key] = torch.clamp(torch.as_tensor(state_dict[fill_key]), max=rows)
+        fill = state_dict.pop(prefix + "queue_fill", None)
+        fill = int((old[0].abs().sum(dim=-1) > 0).sum() if fill is None else fill)
+        rows = torch.zeros_like(old)
+        rows[:, :fill] = old[:, :fill].flip(1)
+        state_dict.update({prefix + "queue.rows": rows, prefix + "queue.fill": torch.tensor(fill),
+                           prefix + "queue.ptr": torch.tensor(fill % max(1, old.shape[1]))})
