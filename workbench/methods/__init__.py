@@ -7,7 +7,8 @@ from workbench.methods.base import (METHODS, Batch, Method, Progress, Recipe, St
                                     cosine_momentum, ema_update, gather, known_methods, make_method_config,
                                     method_class, rank, register, world_size)
 
-METHOD_MODULES = ("simclr", "mocov3", "byol", "simsiam", "barlow_twins", "vicreg", "dino", "swav", "mae", "ijepa")
+METHOD_MODULES = ("simclr", "mocov3", "byol", "simsiam", "barlow_twins", "vicreg", "dino", "swav", "mae", "ijepa",
+                  "data2vec2", "nepa")
 
 for _name in METHOD_MODULES:  # importing a method module registers it
     importlib.import_module(f"workbench.methods.{_name}")
