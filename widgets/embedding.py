@@ -19,6 +19,19 @@ from workbench.inspect.images import png_bytes, thumbnail_uri, to_hwc, upscale
 
 MAX_SELECTION_SHOWN = 48
 UMAP_START_S = 3.0  # a background UMAP starts when the widget is displayed, or after this many seconds
+_LOAD_LOCK = threading.Lock()  # background loads run one at a time (CPU, and no two threads importing at once)
+
+
+def _live_kernel() -> bool:
+    """True in a Jupyter kernel whose outputs a browser shows live (not under ``workbench run``'s static display)."""
+    from workbench.experiments.records import static_display
+
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return getattr(shell, "kernel", None) is not None and not static_display()
 
 
 class EmbeddingExplorer(WidgetBase):
@@ -30,15 +43,22 @@ class EmbeddingExplorer(WidgetBase):
     are cached with the run, or for a spec in ``workbench.trained.user_cache_dir()``). ``images``: ImageDataset or
     uint8 [N, C, H, W] for thumbnails (optional); ``labels`` int [N]; ``factors`` name -> [N]. 2-D coordinates:
     PCA immediately; ``umap="background"`` computes UMAP in a thread and switches to it when ready ("now":
-    before returning; "off": never). With a run, coordinates are cached in its ``cache/`` folder.
+    before returning; "off": never). With a run, coordinates are cached in its ``cache/`` folder. ``load``: when
+    the features, PCA and figure are computed: "now" (before returning), "background" (the widget shows at once with
+    a "computing" line, a thread fills in the plot; :meth:`wait` blocks until it has, as ``coloring``,
+    ``point_hex``, ``to_figure`` and ``save`` do), "auto" (background in a live Jupyter kernel, else now: a model's
+    features take seconds, and the first display of the cell should not wait for them).
     Handlers (the ones plotly calls): ``on_hover``, ``on_click``, ``on_selection`` (trace, points, state/selector).
     """
 
     def __init__(self, source: Any, images: Any = None, labels: Any = None, factors: dict[str, Any] | None = None,
                  class_names: list[str] | None = None, k: int = 8, umap: str = "background",
-                 cache_dir: str | Path | None = None, n_clusters: int | None = None, checkpoint: str = "last"):
-        import plotly.graph_objects as go
-
+                 cache_dir: str | Path | None = None, n_clusters: int | None = None, checkpoint: str = "last",
+                 load: str = "auto"):
+        if umap not in ("background", "now", "off"):
+            raise ValueError(f"umap must be 'background', 'now' or 'off', got {umap!r}")
+        if load not in ("auto", "now", "background"):
+            raise ValueError(f"load must be 'auto', 'now' or 'background', got {load!r}")
         super().__init__()
         self.k = k
         self.neighbors: np.ndarray = np.zeros(0, dtype=np.int64)
@@ -47,7 +67,10 @@ class EmbeddingExplorer(WidgetBase):
         self.coords: dict[str, np.ndarray] = {}
         self._colorings: dict[str, np.ndarray] = {}
         self._umap_thread: threading.Thread | None = None
+        self._load_thread: threading.Thread | None = None
         self._displayed = threading.Event()
+        self._ready = threading.Event()
+        self.fig: Any = None  # the plotly FigureWidget, once the features and their PCA are ready
         self.color_by = W.Dropdown(options=["label"], value="label", description="colour")
         self.projection = W.ToggleButtons(options=["PCA", "UMAP"], value="PCA")
         self.status = W.HTML()
@@ -55,44 +78,84 @@ class EmbeddingExplorer(WidgetBase):
         self.thumb = W.Image(format="png", width=128, height=128, layout=W.Layout(visibility="hidden"))
         self.thumb_caption = W.HTML()
         self.gallery = W.HTML()
-        self.fig = go.FigureWidget()
-        self._plot_row = W.HBox([self.fig, W.VBox([self.thumb, self.thumb_caption])])
+        self._plot_row = W.HBox([W.VBox([self.thumb, self.thumb_caption])])  # the plot goes first once ready
         self.widget = W.VBox([self.error, W.HBox([self.color_by, self.projection]), self.status, self._plot_row,
                               self.gallery])
         self.widget.add_class("wb-embedding-explorer")  # CSS hooks for tests/widgets/test_browser.py
         self.gallery.add_class("wb-embedding-gallery")
         self.thumb.add_class("wb-embedding-thumb")
+        args = (source, images, labels, factors, class_names, cache_dir, checkpoint, n_clusters)
+        if load == "background" or (load == "auto" and _live_kernel()):
+            # shown at once; the features (a model embeds its images), the PCA and the figure follow in a thread
+            self._say("&#9203; computing the features and their PCA view&hellip;")
+            self._load_thread = threading.Thread(target=self._build_in_background, args=(args, umap), daemon=True,
+                                                 name="embedding-load")
+            self._load_thread.start()
+            return
         try:
-            self._load(source, images, labels, factors, class_names, cache_dir, checkpoint)
+            self._build(*args)
         except Exception as e:
             self.show_error(str(e))
             return
-        self.n_clusters = n_clusters or max(2, min(50, len(np.unique(self.labels[self.labels >= 0])) or 10))
-        self.color_by.options = (["label"] + [f"factor: {f}" for f in self.factors]
-                                 + [f"k-means ({self.n_clusters})", "kNN correct"])
-        self.coords["PCA"] = self._embed("pca")
-        from workbench.inspect.embedding import legend_traces, scatter_figure
-
-        fig = scatter_figure(self.coords["PCA"], self.coloring("label"), title="PCA")
-        fig.update_traces(hoverinfo="none", showlegend=False)
-        fig.update_layout(width=780, showlegend=True, legend=dict(title_text="label", itemclick=False,
-                                                                    itemdoubleclick=False))
-        fig.add_traces(legend_traces(self.coloring("label"), self._legend_name("label")))
-        self.fig = go.FigureWidget(fig)
-        self.fig.add_class("wb-embedding-plot")
-        self._plot_row.children = (self.fig, self._plot_row.children[1])
-        trace = self.fig.data[0]
-        trace.on_hover(self.on_hover)
-        trace.on_click(self.on_click)
-        trace.on_selection(self.on_selection)
-        self.color_by.observe(self._on_color, names="value")
-        self.projection.observe(self._on_projection, names="value")
+        finally:
+            self._ready.set()
         if umap == "now":
             self.compute_umap()
         elif umap == "background":
             self._say("&#9203; computing UMAP… (PCA shown meanwhile; the view switches to UMAP when it is ready)")
             self._umap_thread = threading.Thread(target=self._umap_after_display, daemon=True, name="embedding-umap")
             self._umap_thread.start()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the features, their PCA view and the figure are ready (at once unless they are computed in
+        the background, see ``load``); False if ``timeout`` seconds passed first."""
+        return self._ready.wait(timeout)
+
+    def _build(self, source: Any, images: Any, labels: Any, factors: Any, class_names: Any, cache_dir: Any,
+               checkpoint: str, n_clusters: int | None) -> None:
+        """Features (:meth:`_load`), the PCA coordinates, the colour choices and the scatter (``fig``, put in the
+        plot row with its handlers wired)."""
+        import plotly.graph_objects as go
+
+        from workbench.inspect.embedding import legend_traces, scatter_figure
+
+        self._load(source, images, labels, factors, class_names, cache_dir, checkpoint)
+        self.n_clusters = n_clusters or max(2, min(50, len(np.unique(self.labels[self.labels >= 0])) or 10))
+        self.coords["PCA"] = self._embed("pca")
+        fig = scatter_figure(self.coords["PCA"], self._coloring("label"), title="PCA")
+        fig.update_traces(hoverinfo="none", showlegend=False)
+        fig.update_layout(width=780, showlegend=True, legend=dict(title_text="label", itemclick=False,
+                                                                    itemdoubleclick=False))
+        fig.add_traces(legend_traces(self._coloring("label"), self._legend_name("label")))
+        self.fig = go.FigureWidget(fig)
+        self.fig.add_class("wb-embedding-plot")
+        trace = self.fig.data[0]
+        trace.on_hover(self.on_hover)
+        trace.on_click(self.on_click)
+        trace.on_selection(self.on_selection)
+        self.color_by.options = (["label"] + [f"factor: {f}" for f in self.factors]
+                                 + [f"k-means ({self.n_clusters})", "kNN correct"])
+        self.color_by.observe(self._on_color, names="value")
+        self.projection.observe(self._on_projection, names="value")
+        self._plot_row.children = (self.fig, *self._plot_row.children)
+
+    def _build_in_background(self, args: tuple, umap: str) -> None:
+        """:meth:`_build` off the cell's thread (one explorer at a time), then UMAP if asked for; a failure is
+        shown in the error area, never raised into whichever cell runs meanwhile."""
+        try:
+            with _LOAD_LOCK:
+                self._build(*args)
+        except Exception as e:  # shown to the user, kept in last_error
+            self.status.value = ""
+            self.show_error(str(e) or type(e).__name__)
+            return
+        finally:
+            self._ready.set()
+        if umap == "off":
+            self.status.value = ""
+            return
+        self._say("&#9203; computing UMAP… (PCA shown meanwhile; the view switches to UMAP when it is ready)")
+        self.compute_umap()
 
     # -- data ------------------------------------------------------------------------------------------------------
     def _load(self, source: Any, images: Any, labels: Any, factors: Any, class_names: Any, cache_dir: Any,
@@ -168,6 +231,8 @@ class EmbeddingExplorer(WidgetBase):
     def compute_umap(self) -> np.ndarray | None:
         """Compute (or read from the cache) the UMAP coordinates and switch the plot to them; on failure the state
         line says why and PCA stays (None returned)."""
+        if not self.wait() or not self.coords:  # a background load failed: its error is shown
+            return None
         try:
             self.coords["UMAP"] = self._embed("umap")
         except Exception as e:  # e.g. umap-learn missing: say so where "computing" was shown
@@ -201,7 +266,12 @@ class EmbeddingExplorer(WidgetBase):
         return self.class_names[y] if y < len(self.class_names) else str(y)
 
     def coloring(self, name: str) -> np.ndarray:
-        """Per-point values of a colouring ("label", "factor: NAME", "k-means (K)", "kNN correct"), cached."""
+        """Per-point values of a colouring ("label", "factor: NAME", "k-means (K)", "kNN correct"), cached (after
+        waiting for a background load)."""
+        self.wait()
+        return self._coloring(name)
+
+    def _coloring(self, name: str) -> np.ndarray:
         from workbench.inspect.embedding import kmeans_labels, knn_correct
 
         if name not in self._colorings:
@@ -224,6 +294,7 @@ class EmbeddingExplorer(WidgetBase):
         """The colour each point is drawn in now (hex), through the trace's discrete colour scale."""
         from workbench.inspect.colors import spec_colors
 
+        self.wait()
         return spec_colors(self.fig.data[0].marker)
 
     # -- handlers ----------------------------------------------------------------------------------------------
@@ -318,9 +389,11 @@ class EmbeddingExplorer(WidgetBase):
         self.clear_error()
 
     def to_figure(self) -> Any:
-        """The scatter as shown (current projection and colouring) as a plain plotly figure."""
+        """The scatter as shown (current projection and colouring) as a plain plotly figure (after waiting for a
+        background load)."""
         import plotly.graph_objects as go
 
+        self.wait()
         if not self.coords:
             raise ValueError(self.last_error or "nothing to show")
         return go.Figure(self.fig) if isinstance(self.fig, go.FigureWidget) else self.fig

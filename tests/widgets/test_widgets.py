@@ -274,6 +274,27 @@ def test_embedding_explorer_hover_click_select_colour(tmp_path):
     assert red.any()  # the one kNN-wrong point is drawn in red
 
 
+def test_embedding_explorer_background_load_shows_first(runs, shapes16):
+    """load="background": the widget is complete (controls, a "computing" line, no plot) before the features exist;
+    the thread then puts the same PCA scatter a synchronous load draws in the plot row; a failure lands in the
+    error area."""
+    from widgets import embedding as emb
+
+    with emb._LOAD_LOCK:  # hold the background load back: what the cell returns is what is first shown
+        ex = EmbeddingExplorer(runs["cnn"], shapes16, umap="off", load="background")
+        assert "computing" in ex.status.value and ex.fig is None and not ex.wait(0.05)
+        assert len(ex._plot_row.children) == 1 and ex.widget._repr_mimebundle_() is not None
+    assert ex.wait(120) and ex.last_error is None and ex.status.value == ""
+    now = EmbeddingExplorer(runs["cnn"], shapes16, umap="off", load="now")
+    assert ex._plot_row.children[0] is ex.fig and ex.fig.data[0].type == "scattergl"
+    assert np.allclose(ex.coords["PCA"], now.coords["PCA"]) and ex.point_hex() == now.point_hex()
+    assert list(ex.color_by.options) == list(now.color_by.options)
+    bad = EmbeddingExplorer(torch.randn(10, 4), torch.zeros(3, 3, 8, 8, dtype=torch.uint8), load="background")
+    assert bad.wait(60) and "N = 10" in bad.last_error and bad.fig is None
+    with pytest.raises(ValueError, match="N = 10"):
+        bad.to_figure()
+
+
 def test_embedding_explorer_from_run_caches_coordinates(runs, shapes16):
     ex = EmbeddingExplorer(runs["cnn"], shapes16, umap="off")
     assert ex.last_error is None and ex.features.shape == (64, 32)
