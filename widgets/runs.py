@@ -19,8 +19,6 @@ class RunBrowser(WidgetBase):
     ``descending``; ``select`` (several run names) overlays their curves and tabulates their summaries."""
 
     def __init__(self, runs_dir: str | Path = "runs", metrics: tuple[str, ...] = ("loss", "knn_acc", "rankme")):
-        import plotly.graph_objects as go
-
         super().__init__()
         self.runs_dir = Path(runs_dir)
         self.curve_metrics = metrics
@@ -39,9 +37,10 @@ class RunBrowser(WidgetBase):
         self.refresh_button = W.Button(description="refresh")
         self.table_area = W.HTML()
         self.compare_area = W.HTML()
-        self.fig = go.FigureWidget(curves_figure({}, metrics, cols=len(metrics)))
-        self.fig.layout.height = 340
-        self.plot_box = W.Box([self.fig], layout=W.Layout(display="none"))  # no empty axes before a selection
+        # the curves' FigureWidget is made at the first selection: no empty axes before one, and plotly's widget
+        # (a second of imports and set-up, more while a run trains) does not hold up the first display
+        self.fig: Any = None
+        self.plot_box = W.Box([], layout=W.Layout(display="none"))
         self.widget = W.VBox([self.error, W.HBox([self.filter, self.sort, self.descending, self.refresh_button]),
                               self.table_area, self.select, self.plot_box, self.compare_area])
         self.widget.add_class("wb-run-browser")  # CSS hook for tests/widgets/test_browser.py
@@ -102,8 +101,18 @@ class RunBrowser(WidgetBase):
 
     def _update_compare(self) -> None:
         sel = list(self.select.value)
+        if self.fig is None and not sel:  # nothing chosen yet: no plot to make or empty
+            self.plot_box.layout.display = "none"
+            self.compare_area.value = "<i>select one or more runs above to overlay their curves and summaries</i>"
+            return
         fig = curves_figure({n: self._curves(n) for n in sel}, self.curve_metrics,
                             cols=len(self.curve_metrics))
+        if self.fig is None:
+            import plotly.graph_objects as go
+
+            self.fig = go.FigureWidget(curves_figure({}, self.curve_metrics, cols=len(self.curve_metrics)))
+            self.fig.layout.height = 340
+            self.plot_box.children = (self.fig,)
         with self.fig.batch_update():
             self.fig.data = []
             self.fig.add_traces(list(fig.data))  # each trace keeps its subplot's axes

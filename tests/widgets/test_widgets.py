@@ -382,7 +382,7 @@ def test_run_browser_filter_sort_select(tmp_path):
     rb = RunBrowser(tmp_path)
     assert rb.shown.set_index("run").loc["run3-stopped", "status"] == "stopped at epoch 9.7 of 25"
     assert {"knn_acc", "pretrain_knn_acc"} <= set(rb.table.columns)  # the other runs have only the second
-    assert rb.plot_box.layout.display == "none"  # no empty axes before a run is chosen
+    assert rb.plot_box.layout.display == "none" and rb.fig is None  # no (empty) plot before a run is chosen
     rb.select.value = ("run3-stopped",)
     assert rb.plot_box.layout.display != "none" and "stopped at epoch 9.7 of 25" in rb.compare_area.value
     assert rb.compare_area.value.count("knn_acc") == 1
