@@ -88,7 +88,7 @@ def knn_vs_random_init(run) -> dict[str, float]:
 # Methods whose short run is a tiny one in their own test file (the 2-epoch run here costs about two CPU-minutes a
 # method, more than the suite's budget leaves): method -> that file.
 OWN_SHORT_RUN = {"data2vec2": "tests/methods/test_data2vec2.py", "nepa": "tests/methods/test_nepa.py",
-                 "random_teacher": "tests/methods/test_random_teacher.py"}
+                 "random_teacher": "tests/methods/test_random_teacher.py", "dinov2": "tests/methods/test_dinov2.py"}
 
 
 def test_every_method_has_a_short_training_run():

@@ -8,7 +8,7 @@ from workbench.methods.base import (METHODS, Batch, Method, Progress, Recipe, St
                                     method_class, rank, register, world_size)
 
 METHOD_MODULES = ("simclr", "mocov3", "byol", "simsiam", "barlow_twins", "vicreg", "dino", "swav", "mae", "ijepa",
-                  "data2vec2", "nepa", "random_teacher")
+                  "data2vec2", "nepa", "random_teacher", "dinov2")
 
 for _name in METHOD_MODULES:  # importing a method module registers it
     importlib.import_module(f"workbench.methods.{_name}")
