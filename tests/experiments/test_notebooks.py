@@ -217,6 +217,23 @@ def check_tutorial_semi_supervised(run: Run, tmp_path: Path) -> None:
     assert "semi_supervised.html" in _pictures(run)
 
 
+def check_tutorial_matryoshka(run: Run, tmp_path: Path) -> None:
+    s = run.summary
+    dims = s["dims"]
+    assert dims == CASES["tutorial_08_matryoshka.ipynb"].parameters["matryoshka_dims"], s
+    for key in ("knn_plain", "knn_matryoshka", "knn_random_init", "linear_plain", "linear_matryoshka",
+                "linear_random_init"):
+        assert len(s[key]) == len(dims) and all(_finite(v) and 0.0 <= v <= 1.0 for v in s[key]), (key, s)
+    for key in ("rankme_plain", "rankme_matryoshka"):  # RankMe of the first m dims cannot exceed m
+        assert all(_finite(r) and 1.0 <= r <= m + 1e-6 for r, m in zip(s[key], dims)), (key, s)
+    # what the notebook prints is what it recorded
+    assert s["knn_gain_smallest"] == pytest.approx(s["knn_matryoshka"][0] - s["knn_plain"][0]), s
+    assert s["knn_gain_full"] == pytest.approx(s["knn_matryoshka"][-1] - s["knn_plain"][-1]), s
+    table = (run.path / "prefix_scores.csv").read_text().splitlines()
+    assert len(table) == 1 + 3 * len(dims)  # three models, one row per size each
+    assert "accuracy_vs_dims.html" in _pictures(run)
+
+
 def check_frozen_backbones(run: Run, tmp_path: Path) -> None:
     s = run.summary
     # offline: the "pretrained" backbone is the architecture's random init, written to a local file and loaded back
@@ -274,6 +291,9 @@ CASES: dict[str, Case] = {
          "options": {"stop_gradient": False}}]}, check_tutorial_label_free),
     "tutorial_07_semi_supervised.ipynb": Case({"epochs": 2, "n_images": 4000, "n_test": 1000, "batch_size": 64,
                                                "distill_min_steps": 50}, check_tutorial_semi_supervised),
+    "tutorial_08_matryoshka.ipynb": Case({"epochs": 1, "n_images": 1000, "n_eval": 500, "batch_size": 64,
+                                          "backbone_options": {"width": 8}, "matryoshka_dims": [8, 16, 32, 64]},
+                                         check_tutorial_matryoshka),
 }
 
 
