@@ -64,7 +64,8 @@ class MatryoshkaConfig:
         for i, m in enumerate(self.dims):
             check_range(o, f"matryoshka_dims[{i}]", m, 1)
         if any(b <= a for a, b in zip(self.dims, self.dims[1:])):
-            raise ConfigError(f"{o}.matryoshka_dims={list(self.dims)} must be strictly increasing, e.g. [8, 16, 32, 64]")
+            raise ConfigError(f"{o}.matryoshka_dims={list(self.dims)} must be strictly increasing, "
+                              "e.g. [8, 16, 32, 64]")
         if self.weights is None:
             self.weights = (1.0,) * len(self.dims)
         self.weights = tuple(float(w) for w in self.weights)
