@@ -272,3 +272,35 @@ def test_queue_config_errors():
     with pytest.raises(ConfigError, match="more than the queue_length=8"):
         SimCLRConfig(queue_length=8, mochi_hardest=16, mochi_mix=4)
 
+
+
+@pytest.mark.slow
+def test_simclr_with_a_queue_and_mochi_beats_its_init_on_knn(tmp_path):
+    """A tiny run (shapes: 1000 images at 32 px, small CNN width 16, 2 epochs of batch 64, AdamW as in
+    test_training) with a 512-key queue and MoCHi (64, 32, 16) mixing from it: weighted kNN (k=20) on 500 test images
+    beats the same backbone at its initialisation. Measured gains (1 thread; random init 0.278): seed 0 +0.038 (the
+    seed run here), seeds 1 and 2 +0.032 and +0.008; plain NT-Xent in the same budget +0.020 / +0.050 / -0.002."""
+    from tests.methods.test_training import knn_vs_random_init
+    import workbench.data as data_pkg
+    from workbench.data import base
+    from workbench.train import DataConfig, ModelConfig, PretrainConfig, TrainConfig, pretrain
+
+    cache = {split: data_pkg.load("shapes", split=split, size=32, n=n, seed=0)
+             for split, n in (("train", 1000), ("test", 500))}
+    base._REGISTRY["shapes_1000"] = lambda split="train", **_: cache[split]
+    try:
+        options = {"proj_hidden_dim": 512, "proj_output_dim": 128, "queue_length": 512, "mochi_hardest": 64,
+                   "mochi_mix": 32, "mochi_mix_query": 16}
+        cfg = PretrainConfig(method="simclr", method_options=options, data=DataConfig(name="shapes_1000"),
+                             model=ModelConfig(backbone="small_cnn", options={"width": 16}),
+                             train=TrainConfig(epochs=2, batch_size=64, log_every=5, knn_every=0, progress="off",
+                                               device="cpu", optimizer="adamw", lr=4e-3, warmup_epochs=0.2),
+                             out=str(tmp_path))
+        run = pretrain(cfg)
+        assert run.status["status"] == "completed"
+        scores = knn_vs_random_init(run)
+    finally:
+        base._REGISTRY.pop("shapes_1000", None)
+    gain = scores["knn_pretrained"] - scores["knn_random_init"]
+    print(f"\nsimclr+queue+mochi: kNN {scores['knn_pretrained']:.3f} vs random init {scores['knn_random_init']:.3f}")
+    assert gain >= 0.015, scores
