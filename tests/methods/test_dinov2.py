@@ -170,3 +170,27 @@ def test_object_similarity_contrast():
     within = z[0] @ z[1]
     across = (z[0] @ z[2] + z[0] @ z[4] + z[1] @ z[2] + z[1] @ z[4]) / 4
     torch.testing.assert_close(object_similarity_contrast(tokens, frac), (within - across).reshape(1))
+
+
+# The short run (tests/methods/tiny_runs.py: 512 shapes images at 16 px, vit_tiny with 2 blocks and 4 px patches,
+# batch 32, 2 epochs, AdamW 4e-3 per 256). Measured on seeds 0/1/2 (2-core CPU, 1 thread): total loss, mean of the
+# first three logged steps -> last three, 10.808 -> 10.454 / 10.816 -> 10.465 / 10.855 -> 10.456; kNN 0.133 / 0.109 /
+# 0.137 against 0.184 at random init, DINO on the same run 0.141 / 0.148 / 0.152. At this budget neither DINO nor
+# DINOv2 beats a random ViT on kNN (nor on 2000 images at 32 px with 8 px patches for 2 epochs, random init 0.162:
+# DINOv2 +0.020 / -0.004 / +0.012, DINO +0.010 / +0.026 / +0.026), so the test asserts what the run does learn: the
+# loss falls by at least LOSS_DROP, under half the smallest drop measured (0.351).
+TINY_OPTIONS = {"out_dim": 1024, "hidden_dim": 512, "bottleneck_dim": 128, "warmup_teacher_temp_epochs": 1}
+LOSS_DROP = 0.15
+
+
+@pytest.mark.slow
+def test_dinov2_tiny_run_lowers_its_loss(tmp_path):
+    from tests.methods.tiny_runs import tiny_knn_gain
+
+    r = tiny_knn_gain("dinov2", TINY_OPTIONS, str(tmp_path))
+    losses = r["losses"]
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    print(f"\ndinov2 tiny run: loss {first:.3f} -> {last:.3f}; kNN {r['knn_pretrained']:.3f} vs random init "
+          f"{r['knn_random_init']:.3f}")
+    assert all(math.isfinite(x) for x in losses)
+    assert last < first - LOSS_DROP, losses
