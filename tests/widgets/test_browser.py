@@ -347,6 +347,30 @@ def _wait_executed(page: Any, lab: Lab, timeout: float) -> dict[str, Any]:
                          f"server log:\n{lab.log()}")
 
 
+def _console_log(page: Any) -> list[str]:
+    """The page's console errors and warnings and its uncaught errors, as they arrive ("type: text")."""
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+    return console
+
+
+@contextlib.contextmanager
+def _reporting_failure(page: Any, lab: Lab, console: list[str], shot: Path) -> Iterator[None]:
+    """On any failure inside: a full-page screenshot at ``shot``, the last browser console lines and JupyterLab's
+    log are printed with it (the failure itself is re-raised)."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(Exception):
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot), full_page=True)
+        if console:
+            print("browser console:\n" + "\n".join(console[-40:]))
+        print("JupyterLab log:\n" + lab.log())
+        raise
+
+
 def _no_console_errors(console: list[str]) -> None:
     problems = [m for m in console if m.startswith(("error:", "pageerror:"))]
     assert not problems, "errors in the browser console:\n" + "\n".join(problems)
@@ -371,11 +395,9 @@ def test_quickstart_widgets_in_jupyterlab(lab: Lab, browser_page: Any) -> None:
 
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     t0 = time.monotonic()
-    console: list[str] = []
-    page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
-    page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+    console = _console_log(page)
     page.goto(f"{lab.url}/lab/tree/{NOTEBOOK}?token={lab.token}", timeout=90_000)
-    try:
+    with _reporting_failure(page, lab, console, ARTIFACTS / "failure.png"):
         _wait(page, """() => document.querySelectorAll('.jp-Notebook .jp-CodeCell').length > 0""", timeout=90,
               what="the notebook to open")
         _wait_kernel(page, lab, timeout=90)
@@ -518,14 +540,6 @@ def test_quickstart_widgets_in_jupyterlab(lab: Lab, browser_page: Any) -> None:
         _no_console_errors(console)
         assert not page.evaluate(BROKEN_IMAGES_JS), page.evaluate(BROKEN_IMAGES_JS)
         print(f"browser test done in {time.monotonic() - t0:.0f} s")
-    except BaseException:
-        with contextlib.suppress(Exception):
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "failure.png"), full_page=True)
-        if console:
-            print("browser console:\n" + "\n".join(console[-40:]))
-        print("JupyterLab log:\n" + lab.log())
-        raise
 
 
 # ---------------------------------------------------------------------------------------------------- live training
@@ -589,14 +603,12 @@ def test_live_training_stop_and_widgets_in_jupyterlab(lab: Lab, browser_page: An
     stays in the cell that started the run, stop() shows as a stop, and the three widgets render on the run."""
     page = browser_page
     _write_live_notebook(lab)
-    console: list[str] = []
-    page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
-    page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+    console = _console_log(page)
     shots = Path(os.environ.get("WB_BROWSER_SHOTS", str(ARTIFACTS)))  # git-ignored; elsewhere on request
     for k in lab.api("GET", "/api/kernels"):  # the quickstart test's kernel: this notebook gets the only one
         lab.api("DELETE", f"/api/kernels/{k['id']}", timeout=30)
     page.goto(f"{lab.url}/lab/tree/{LIVE_NOTEBOOK}?reset&token={lab.token}", timeout=90_000)
-    try:
+    with _reporting_failure(page, lab, console, shots / "live-failure.png"):
         _wait(page, "(p) => document.querySelectorAll(p + '.jp-CodeCell').length === 7", arg=LIVE, timeout=90,
               what="the notebook to open")
         _wait_kernel(page, lab, timeout=90)
@@ -652,11 +664,3 @@ def test_live_training_stop_and_widgets_in_jupyterlab(lab: Lab, browser_page: An
             el.scroll_into_view_if_needed()
             el.screenshot(path=str(shots / name))
         _no_console_errors(console)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            shots.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(shots / "live-failure.png"), full_page=True)
-        if console:
-            print("browser console:\n" + "\n".join(console[-40:]))
-        print("JupyterLab log:\n" + lab.log())
-        raise
