@@ -25,6 +25,11 @@ DINOv2); DINOv3 uses weight 2 with image-level Gram matrices of normalised patch
 teacher refreshed every 10k of ~1M iterations in a late phase: here ``gram_start_epochs`` and ``gram_refresh_epochs``
 scale that to short runs, and the Gram teacher sees the student's global crops (DINOv3 feeds it 2x larger crops).
 Register tokens: any ViT with them works (``timm:`` specs with ``reg_tokens``); they join every block and are not read.
+
+Measured at CPU scale (shapes, 2000 images at 32 px, vit_tiny with 2 blocks and 8 px patches, 2 epochs, seeds 0-2):
+kNN within +-0.03 of random init for DINOv2 and DINO alike; the object-vs-background patch-similarity contrast
+(``workbench.inspect.patches.object_similarity_contrast``, 0.84 at random init) falls to 0.59-0.61 with DINOv2 and
+stays at 0.80-0.83 with Gram anchoring (weight 2, from epoch 1, refreshed every half epoch).
 """
 from __future__ import annotations
 
