@@ -266,6 +266,18 @@ def test_simclr_queue_survives_a_checkpoint_round_trip():
     torch.testing.assert_close(fresh.queue.rows, m.queue.rows)
 
 
+def test_a_step_with_queue_and_mochi_makes_no_host_sync():
+    from workbench.device import HostSyncCounter
+
+    m = build_method("simclr", tiny_cnn(), QUEUE_OPTIONS)
+    for step in range(3):  # the third wraps round the 12-row queue
+        with HostSyncCounter() as c:
+            m.training_step(Batch(views(b=6, seed=step), 2), progress(step=step)).loss.backward()
+        assert c.syncs == 0, (step, c.sites)
+    with pytest.raises(ValueError, match="mochi_hardest=13 is more than the 12 negatives"):
+        nt_xent_loss(torch.randn(6, 16), torch.randn(6, 16), mochi=(13, 1, 0), queue=m.queue.rows[0])
+
+
 def test_queue_config_errors():
     with pytest.raises(ConfigError, match="queue_length"):
         SimCLRConfig(queue_length=-1)

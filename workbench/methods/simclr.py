@@ -80,18 +80,21 @@ class SimCLRConfig:
 
 
 def mochi_negatives(anchors: torch.Tensor, candidates: torch.Tensor, negative_logits: torch.Tensor, hardest: int,
-                    mix: int, mix_query: int, generator: torch.Generator | None = None) -> torch.Tensor:
+                    mix: int, mix_query: int, generator: torch.Generator | None = None,
+                    available: int | None = None) -> torch.Tensor:
     """MoCHi's synthetic hard negatives, [2B, s + s', d] (L2-normalised, no gradient).
 
     anchors [2B, d] and candidates [2N, d] are L2-normalised; negative_logits [2B, 2N] are the anchors' logits with
     their self and positive columns at -inf. Per anchor: the ``hardest`` highest-logit negatives; ``mix`` points
     alpha n_i + (1 - alpha) n_j (i, j among them, alpha ~ U(0, 1)) and ``mix_query`` points beta q + (1 - beta) n_j
     (beta ~ U(0, 0.5), so the query never dominates), each renormalised. Draw order: alpha, i, j, j', beta.
+    ``available``: negatives per anchor when the caller knows it from shapes (else counted: one host sync).
     """
-    available = int(torch.isfinite(negative_logits[0]).sum())
+    if available is None:
+        available = int(torch.isfinite(negative_logits[0]).sum())
     if hardest > available:
         raise ValueError(f"mochi_hardest={hardest} is more than the {available} negatives of each anchor in this "
-                         f"batch; lower it or raise the batch size")
+                         f"batch (or queue); lower it or raise the batch size")
     with torch.no_grad():
         rows, dev = anchors.shape[0], anchors.device
         top = negative_logits.topk(hardest, dim=1).indices                            # [2B, N]
@@ -139,7 +142,8 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2, d
         if mochi is not None and mochi[0] > 0:
             pool, pool_logits = (queue, columns[1]) if queue is not None else (
                 candidates, logits.masked_fill(mask.scatter(1, pos_col, True), float("-inf")))
-            synthetic = mochi_negatives(anchors, pool, pool_logits, *mochi, generator=generator)
+            synthetic = mochi_negatives(anchors, pool, pool_logits, *mochi, generator=generator,
+                                        available=pool.shape[0] - (0 if queue is not None else 2))
             columns.append(torch.einsum("bd,bkd->bk", anchors, synthetic) / temperature)
         if len(columns) > 1:
             logits = torch.cat(columns, dim=1)
