@@ -309,7 +309,7 @@ CASES: dict[str, Case] = {
     "tutorial_08_matryoshka.ipynb": Case({"epochs": 1, "n_images": 1000, "n_eval": 500, "batch_size": 64,
                                           "backbone_options": {"width": 8}, "matryoshka_dims": [8, 16, 32, 64]},
                                          check_tutorial_matryoshka),
-    "tutorial_11_hard_negatives.ipynb": Case({"batch_sizes": [32, 64], "seeds": [0], "n_images": 256, "n_eval": 200,
+    "tutorial_11_hard_negatives.ipynb": Case({"batch_sizes": [32, 64], "seeds": [0], "n_images": 128, "n_eval": 100,
                                               "epochs": 1, "backbone_options": {"width": 8}},
                                              check_tutorial_hard_negatives),
 }
