@@ -265,6 +265,20 @@ def check_frozen_backbones(run: Run, tmp_path: Path) -> None:
     assert {"embedding_frozen.html", "embedding_here.html", "attention_frozen.png"} <= _pictures(run)
 
 
+def check_tutorial_random_teachers(run: Run, tmp_path: Path) -> None:
+    s = run.summary
+    assert s["same_teacher"] is True, s  # one seed, one random teacher for both runs
+    for key in ("knn_top1_k20_teacher", "linear_top1_teacher", "knn_top1_k20_student_with_augmentation",
+                "linear_top1_student_with_augmentation"):
+        assert _finite(s[key]) and 0.0 <= s[key] <= 1.0, (key, s)
+    # without augmentation the student beats its own random teacher: mean of kNN and linear gains measured
+    # +0.040 / +0.068 / +0.023 (seeds 0-2, these sizes; tests/methods/test_random_teacher.py); with augmentation
+    # the outcome at this budget is mixed (seed 0: kNN +0.022, linear -0.078) and only recorded
+    gain = (s["knn_top1_k20_gain_without_augmentation"] + s["linear_top1_gain_without_augmentation"]) / 2
+    assert gain > 0.01, s
+    assert "student_vs_teacher.html" in _pictures(run)
+
+
 # measured margins (see the report of each tutorial's CI runs)
 COLOUR_PROBE_GAP = 0.08  # measured 0.135 / 0.177 (seeds 0 / 1)
 TINT_KNN_GAP = 0.2  # measured 0.42 / 0.40
@@ -304,6 +318,8 @@ CASES: dict[str, Case] = {
         {"name": "simclr 3 epochs", "method": "simclr", "epochs": 3},
         {"name": "simsiam without stop-gradient", "method": "simsiam", "epochs": 2,
          "options": {"stop_gradient": False}}]}, check_tutorial_label_free),
+    "tutorial_10_random_teachers.ipynb": Case({"epochs": 1, "n_images": 2000, "n_test": 500},
+                                              check_tutorial_random_teachers),
     "tutorial_07_semi_supervised.ipynb": Case({"epochs": 2, "n_images": 4000, "n_test": 1000, "batch_size": 64,
                                                "distill_min_steps": 50}, check_tutorial_semi_supervised),
     "tutorial_08_matryoshka.ipynb": Case({"epochs": 1, "n_images": 1000, "n_eval": 500, "batch_size": 64,
