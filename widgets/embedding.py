@@ -45,8 +45,8 @@ class EmbeddingExplorer(WidgetBase):
     PCA immediately; ``umap="background"`` computes UMAP in a thread and switches to it when ready ("now":
     before returning; "off": never). With a run, coordinates are cached in its ``cache/`` folder. ``load``: when
     the features, PCA and figure are computed: "now" (before returning), "background" (the widget shows at once with
-    a "computing" line, a thread fills in the plot; :meth:`wait` blocks until it has, as ``coloring``,
-    ``point_hex``, ``to_figure`` and ``save`` do), "auto" (background in a live Jupyter kernel, else now: a model's
+    a "computing" line, a thread fills in the plot; :meth:`wait` blocks until it has, and with ``umap="now"`` until
+    UMAP is shown too, as ``coloring``, ``point_hex``, ``to_figure`` and ``save`` do), "auto" (background in a live Jupyter kernel, else now: a model's
     features take seconds, and the first display of the cell should not wait for them).
     Handlers (the ones plotly calls): ``on_hover``, ``on_click``, ``on_selection`` (trace, points, state/selector).
     """
@@ -140,22 +140,28 @@ class EmbeddingExplorer(WidgetBase):
         self._plot_row.children = (self.fig, *self._plot_row.children)
 
     def _build_in_background(self, args: tuple, umap: str) -> None:
-        """:meth:`_build` off the cell's thread (one explorer at a time), then UMAP if asked for; a failure is
-        shown in the error area, never raised into whichever cell runs meanwhile."""
+        """:meth:`_build` off the cell's thread (one explorer at a time), then UMAP if asked for ("now": before the
+        explorer counts as ready, so ``save`` writes the UMAP view as a synchronous load would); a failure is shown
+        in the error area, never raised into whichever cell runs meanwhile."""
         try:
             with _LOAD_LOCK:
                 self._build(*args)
         except Exception as e:  # shown to the user, kept in last_error
             self.status.value = ""
             self.show_error(str(e) or type(e).__name__)
-            return
-        finally:
             self._ready.set()
+            return
         if umap == "off":
             self.status.value = ""
+            self._ready.set()
             return
         self._say("&#9203; computing UMAP… (PCA shown meanwhile; the view switches to UMAP when it is ready)")
-        self.compute_umap()
+        if umap == "background":
+            self._ready.set()
+        try:
+            self._compute_umap()
+        finally:
+            self._ready.set()
 
     # -- data ------------------------------------------------------------------------------------------------------
     def _load(self, source: Any, images: Any, labels: Any, factors: Any, class_names: Any, cache_dir: Any,
@@ -233,6 +239,9 @@ class EmbeddingExplorer(WidgetBase):
         line says why and PCA stays (None returned)."""
         if not self.wait() or not self.coords:  # a background load failed: its error is shown
             return None
+        return self._compute_umap()
+
+    def _compute_umap(self) -> np.ndarray | None:
         try:
             self.coords["UMAP"] = self._embed("umap")
         except Exception as e:  # e.g. umap-learn missing: say so where "computing" was shown
