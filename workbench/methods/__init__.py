@@ -12,6 +12,7 @@ METHOD_MODULES = ("simclr", "mocov3", "byol", "simsiam", "barlow_twins", "vicreg
 
 for _name in METHOD_MODULES:  # importing a method module registers it
     importlib.import_module(f"workbench.methods.{_name}")
+importlib.import_module("workbench.methods.matryoshka")  # registers the shared nesting options with base
 
 __all__ = ["METHODS", "METHOD_MODULES", "Batch", "Method", "Progress", "Recipe", "StepOutput", "build_method",
            "cosine_momentum", "ema_update", "gather", "known_methods", "make_method_config", "method_class", "rank",

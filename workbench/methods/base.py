@@ -225,31 +225,42 @@ def method_class(name: str) -> type[Method]:
     return METHODS[name]
 
 
+_nesting: Any = None  # workbench.methods.matryoshka, registered on import (base importing it would be a cycle)
+
+
+def register_nesting(module: Any) -> None:
+    """Called by workbench.methods.matryoshka on import: the shared options that train a method at nested sizes
+    (``split_options``, ``NESTABLE``, ``OPTIONS``, ``build``)."""
+    global _nesting
+    _nesting = module
+
+
+def _split_nesting(name: str, options: dict[str, Any] | None) -> tuple[Any, Any]:
+    """(the method's own options, the nesting config or None)."""
+    return _nesting.split_options(name, options) if _nesting is not None else (options, None)
+
+
 def make_method_config(name: str, options: dict[str, Any] | None = None) -> Any:
     """The method's Config dataclass with ``options`` applied (unknown option -> error listing the known).
 
     The shared options ``matryoshka_dims`` / ``matryoshka_weights`` (workbench.methods.matryoshka) are checked here
     and left out of the Config; :func:`build_method` applies them."""
-    from workbench.methods import matryoshka
-
     cls = method_class(name)
-    own, _ = matryoshka.split_options(name, options)
+    own, _ = _split_nesting(name, options)
     try:
         return from_dict(cls.Config, own)
     except ConfigError as e:
         known = [f.name for f in dataclasses.fields(cls.Config)]
-        if name in matryoshka.NESTABLE:
-            known += list(matryoshka.OPTIONS)
+        if _nesting is not None and name in _nesting.NESTABLE:
+            known += list(_nesting.OPTIONS)
         raise ConfigError(f"method {name!r}: {e} (options of {name}: {known})") from None
 
 
 def build_method(name: str, backbone: Backbone, options: dict[str, Any] | None = None) -> Method:
     """Instantiate method ``name`` around ``backbone`` with hyper-parameter ``options`` (with ``matryoshka_dims``:
     trained with its loss at those nested sizes of the backbone feature, see workbench.methods.matryoshka)."""
-    from workbench.methods import matryoshka
-
     config = make_method_config(name, options)
-    _, nesting = matryoshka.split_options(name, options)
+    _, nesting = _split_nesting(name, options)
     if nesting is not None:
-        return matryoshka.build(method_class(name), backbone, config, nesting)
+        return _nesting.build(method_class(name), backbone, config, nesting)
     return method_class(name)(backbone, config)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -43,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from workbench.config import ConfigError, check_range
-from workbench.methods.base import Batch, Method, Progress, StepOutput
+from workbench.methods.base import Batch, Method, Progress, StepOutput, register_nesting
 
 NESTABLE = ("simclr", "mocov3", "byol", "simsiam", "barlow_twins", "vicreg")
 OPTIONS = ("matryoshka_dims", "matryoshka_weights")  # method options read here, not by the method's Config
@@ -182,3 +183,6 @@ def build(cls: type[Method], backbone: nn.Module, config: Any, nesting: Matryosh
     method = _matryoshka_class(cls)(nest_backbone(backbone), config)
     method.nesting = nesting
     return method
+
+
+register_nesting(sys.modules[__name__])  # build_method / make_method_config apply the nesting options
