@@ -2,34 +2,19 @@
 (this checks the all-gather with gradients and DDP's averaging), and pretrain runs over 2 processes."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.train.torchrun import torchrun_two
+
 HERE = Path(__file__).parent
-ROOT = HERE.parents[1]  # the repository root
 
 
 @pytest.mark.slow
 def test_simclr_ddp_gradients_equal_single_process_on_the_concatenated_batch(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    env.pop("CI", None)
-    def launch(out: Path) -> subprocess.CompletedProcess:
-        out.mkdir()
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(HERE / "ddp_simclr.py"), str(out)]
-        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
-
-    out = tmp_path / "first"
-    proc = launch(out)
-    if proc.returncode != 0 and "Signal" in proc.stderr:  # gloo aborted by a signal on an overloaded host: once more
-        print("first torchrun attempt was killed by a signal; retrying in a fresh folder:\n" + proc.stderr[-2000:])
-        out = tmp_path / "second"
-        proc = launch(out)
+    proc, out = torchrun_two(HERE / "ddp_simclr.py", tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     from tests.train.ddp_simclr import build_simclr, fixed_views

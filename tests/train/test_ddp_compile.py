@@ -5,35 +5,19 @@ when ``train.compile`` is on."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.train.torchrun import torchrun_two
+
 HERE = Path(__file__).parent
-ROOT = HERE.parents[1]  # the repository root
 
 
 @pytest.mark.slow
 def test_compiled_ddp_step_matches_eager_ddp_and_is_split_at_buckets(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    env.pop("CI", None)
-
-    def launch(out: Path) -> subprocess.CompletedProcess:
-        out.mkdir()
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(HERE / "ddp_compile.py"), str(out)]
-        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
-
-    out = tmp_path / "first"
-    proc = launch(out)
-    if proc.returncode != 0 and "Signal" in proc.stderr:  # gloo aborted by a signal on an overloaded host: once more
-        print("first torchrun attempt was killed by a signal; retrying in a fresh folder:\n" + proc.stderr[-2000:])
-        out = tmp_path / "second"
-        proc = launch(out)
+    proc, out = torchrun_two(HERE / "ddp_compile.py", tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     grads = torch.load(out / "grads.pt", weights_only=True)
