@@ -99,7 +99,8 @@ def engine_throughput(method: str, backbone: str, args, data_name: str, out: str
         model=ModelConfig(backbone=backbone, options=options),
         train=TrainConfig(epochs=1000, batch_size=args.batch_size, log_every=args.steps, knn_every=0,
                           max_steps=2 * args.steps, checkpoint_every=1000, device=args.device,
-                          precision=args.precision, compile=args.compile, progress="off"),
+                          precision=args.precision, compile=args.compile, channels_last=args.channels_last,
+                          progress="off"),
         out=out)
     run = pretrain(cfg)
     steps = [r for r in run.metrics() if r["kind"] == "step"]
@@ -185,11 +186,13 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=",".join(ALL_METHODS))
     p.add_argument("--backbones", default="small_cnn,resnet18")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="auto", choices=["fp32", "bf16", "auto"],
-                   help="the engine's train.precision (auto: bf16 on CUDA and on CPUs with native bf16)")
+    p.add_argument("--precision", default="auto", choices=["fp32", "bf16", "auto", "fast"],
+                   help="the engine's train.precision (auto: bf16 on CUDA; fast: also on CPUs with native bf16)")
     p.add_argument("--lightly-precision", default="fp32", choices=["fp32", "bf16"],
                    help="lightly's example trains in fp32; bf16 shows what autocast alone gives it")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
+                   help="the engine's train.channels_last (auto: on for CNNs)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=3, help="timed steps (after as many warm-up steps)")
@@ -205,7 +208,7 @@ def main(argv=None) -> int:
              for s in ("train", "test")}
     base._REGISTRY["shapes_bench"] = lambda split="train", **_: cache[split]
     common = {"bench": "train_throughput", "device": args.device, "precision": args.precision,
-              "compile": args.compile, "batch_size": args.batch_size, "image_size": args.image_size,
+              "compile": args.compile, "channels_last": args.channels_last, "batch_size": args.batch_size, "image_size": args.image_size,
               "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
     dev = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     peaks = {name: measured_peak(dev, dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}

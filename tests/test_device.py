@@ -33,3 +33,12 @@ def test_auto_precision_is_bf16_on_cuda_only_and_explicit_settings_win():
     assert autocast_dtype("bf16", cpu) is torch.bfloat16 and autocast_dtype("bf16", cuda) is torch.bfloat16
     assert autocast_dtype("auto", cuda) is torch.bfloat16
     assert autocast_dtype("auto", cpu) is None  # opt-in on a CPU: it moves some results (see its docstring)
+
+
+def test_fast_precision_is_bf16_where_it_is_native_and_fp32_where_it_would_be_emulated(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert autocast_dtype("fast", cuda) is torch.bfloat16
+    _fake_cpuinfo(monkeypatch, "fpu sse2 avx2 avx512f avx512_bf16")
+    assert autocast_dtype("fast", cpu) is torch.bfloat16
+    _fake_cpuinfo(monkeypatch, "fpu sse2 avx2 avx512f avx512bw")
+    assert autocast_dtype("fast", cpu) is None

@@ -15,7 +15,7 @@ from typing import Any
 from workbench.config import ConfigError, check_choice, check_range
 from workbench.methods.base import OPTIMIZERS
 
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "fast", "bf16", "fp32")
 PROGRESS = ("auto", "on", "off")
 CHANNELS_LAST = ("auto", "on", "off")
 
@@ -111,7 +111,8 @@ class TrainConfig:
     the method's recipe; ``lr`` is per 256 images (scaled linearly with ``batch_size``, the global batch).
 
     precision "auto": bf16 autocast on CUDA, fp32 on a CPU ("bf16" opts in there: about twice fp32's speed on CPUs
-    with native bf16, see ``workbench.device.autocast_dtype`` for what it changes). channels_last "auto": on for CNNs on CUDA.
+    with native bf16, see ``workbench.device.autocast_dtype`` for what it changes; "fast": bf16 where it is native,
+    fp32 where it would be emulated). channels_last "auto": on for CNNs on CUDA.
     ``max_steps`` stops early (the schedule still spans ``epochs``), e.g. to resume later.
     Checkpoints: ``checkpoints/last.pt`` every ``checkpoint_every`` epochs, every ``checkpoint_steps`` steps (None:
     epoch ends only) and at the end; ``keep_checkpoints`` K > 0 also keeps the newest K of them as
