@@ -40,12 +40,13 @@ def _chance(run: Run) -> float:
 
 def check_quickstart(run: Run, tmp_path: Path) -> None:
     s = run.summary
-    assert s["knn_acc"] > s["knn_acc_random_init"], s  # pretraining beat its own random-init backbone
-    assert s["knn_acc"] > 1.5 * _chance(run), s  # and is well above chance
-    # the lesson that lands at this budget: the class is far more linearly decodable than from raw pixels, and
-    # more than from the random init (default size, four runs: +0.23 to +0.26 and +0.05 to +0.08)
-    assert s["linear_acc"] > s["linear_acc_raw_pixels"] + 0.1, s
-    assert s["linear_acc"] > s["linear_acc_random_init"], s
+    # the quickstart's lesson, at its default recipe (seeds 0-2 with benchmarks/lessons.py quickstart: kNN +0.05 to
+    # +0.21 over raw pixels and +0.18 to +0.33 over random init; linear +0.37 to +0.50 and +0.20 to +0.33). CI runs
+    # seed 0, the seed with the thinnest kNN margin, so kNN over raw pixels is asserted without the 0.05
+    assert s["knn_acc"] > s["knn_acc_raw_pixels"], s
+    assert s["knn_acc"] > s["knn_acc_random_init"] + 0.1, s
+    assert s["linear_acc"] > s["linear_acc_raw_pixels"] + 0.2, s
+    assert s["linear_acc"] > s["linear_acc_random_init"] + 0.1, s
     trained = run.training_run  # the notebook run links the run it trained, by name (links.json)
     assert trained is not None and trained.status["status"] == "completed"
     assert any(r.get("kind") == "epoch" for r in trained.metrics())
@@ -146,6 +147,11 @@ def check_tutorial_contrastive(run: Run, tmp_path: Path) -> None:
     assert s["knn_acc"] > 1.5 * _chance(run), s
     assert _finite(s["knn_gain_over_random_init"]) and _finite(s["knn_acc_raw_pixels"]), s
     assert run.training_run is not None and "training.html" in _pictures(run)
+    # the knob runs: the main run's point plus one more temperature and one more batch size, each a kNN accuracy
+    assert set(s["knob_knn_by_temperature"]) == {"0.2", "0.5"} and set(s["knob_knn_by_batch_size"]) == {"64", "128"}, s
+    assert all(0.0 <= v <= 1.0 for d in (s["knob_knn_by_temperature"], s["knob_knn_by_batch_size"]) for v in d.values())
+    assert s["knob_knn_by_temperature"]["0.2"] == s["knob_knn_by_batch_size"]["64"], s  # the same (main) run
+    assert "knobs.html" in _pictures(run)
 
 
 def check_tutorial_collapse(run: Run, tmp_path: Path) -> None:
@@ -287,14 +293,13 @@ RANKME_RATIO = 0.5  # measured 0.26 / 0.32 (seeds 0 / 1)
 MAE_BASELINE_RATIO = 0.9  # measured 0.79 / 0.80 at 20 steps (CI runs 30)
 
 
-SMALL_CNN = {"width": 16}
 SMALL_HEAD = {"proj_hidden_dim": 512, "proj_output_dim": 128}
+SMALL_CNN = {"width": 16}
 
 CASES: dict[str, Case] = {
     # the engine's CPU test sizes (tests/methods/test_training.py): small CNN at width 32, AdamW, 2000 images, 2 epochs
-    "00_quickstart.ipynb": Case({"epochs": 4, "n_images": 2000, "n_eval": 2000, "batch_size": 128, "umap": "off",
-                                 "backbone_options": {"width": 32}, "method_options": SMALL_HEAD},
-                                check_quickstart),
+    # the default recipe (its lesson is asserted), without the UMAP view
+    "00_quickstart.ipynb": Case({"umap": "off"}, check_quickstart),
     "pretrain.ipynb": Case({"epochs": 1, "n_images": 1000, "batch_size": 128, "metrics": "knn,linear",
                             "backbone_options": SMALL_CNN, "method_options": SMALL_HEAD}, check_pretrain),
     "compare_runs.ipynb": Case(_fake_runs, check_compare_runs),
@@ -306,7 +311,8 @@ CASES: dict[str, Case] = {
     # tutorials: CI sizes run each in about a minute on a 2-core CPU
     "tutorial_01_augmentations.ipynb": Case({"epochs": 3, "n_images": 2000, "n_eval": 1000},
                                             check_tutorial_augmentations),
-    "tutorial_02_contrastive.ipynb": Case({"epochs": 2, "n_images": 2000, "n_eval": 1000}, check_tutorial_contrastive),
+    "tutorial_02_contrastive.ipynb": Case({"epochs": 2, "n_images": 2000, "n_eval": 1000, "knob_temperatures": [0.5],
+                                           "knob_batch_sizes": [128]}, check_tutorial_contrastive),
     "tutorial_03_collapse.ipynb": Case({"epochs": 2, "n_images": 2000,
                                         "variants": {"SimSiam": {}, "no stop-gradient": {"stop_gradient": False}}},
                                        check_tutorial_collapse),
