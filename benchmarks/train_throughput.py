@@ -99,7 +99,8 @@ def engine_throughput(method: str, backbone: str, args, data_name: str, out: str
         model=ModelConfig(backbone=backbone, options=options),
         train=TrainConfig(epochs=1000, batch_size=args.batch_size, log_every=args.steps, knn_every=0,
                           max_steps=2 * args.steps, checkpoint_every=1000, device=args.device,
-                          precision=args.precision, compile=args.compile, channels_last=args.channels_last,
+                          precision=args.precision, compile=args.compile,
+                          channels_last=getattr(args, "channels_last", "auto"),  # gpu_check passes no such flag
                           progress="off"),
         out=out)
     run = pretrain(cfg)
