@@ -74,7 +74,7 @@ def throughput_row(method: str, backbone: str, precision: str, compile: bool, ar
                    out: str, peaks: dict[str, float], vendor: tuple[str, tuple[float, float]] | None,
                    device: torch.device) -> dict[str, Any]:
     ns = argparse.Namespace(batch_size=args.batch_size, steps=args.steps, device=str(device), precision=precision,
-                            compile=compile)
+                            compile=compile, channels_last="auto")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()

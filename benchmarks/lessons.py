@@ -60,11 +60,8 @@ LESSONS: dict[str, tuple[str, list[str], Margins]] = {
 }
 
 
-def _value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def main() -> int:
@@ -72,16 +69,22 @@ def main() -> int:
     ap.add_argument("lesson", choices=sorted(LESSONS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
-                    help="a notebook parameter for every seed (JSON value, or a plain string)")
+                    help="a notebook parameter for every seed, parsed to its default's type as `workbench sweep -p` does")
     ap.add_argument("--runs-dir", default="runs/lessons")
     args = ap.parse_args()
 
+    from workbench.config import ConfigError
     from workbench.experiments import sweep
     from workbench.runs import Run
 
     notebook, keys, margins = LESSONS[args.lesson]
-    fixed = {name: _value(text) for name, text in args.parameter}
-    table = sweep(notebook, {"seed": args.seeds}, runs_dir=args.runs_dir, parameters=fixed, progress=print)
+    fixed = dict(args.parameter)
+    try:
+        table = sweep(notebook, {"seed": args.seeds}, runs_dir=args.runs_dir, parameters=fixed, coerce_strings=True,
+                      progress=print)
+    except ConfigError as e:  # a parameter the notebook does not have, or of the wrong type: nothing ran
+        print(f"lessons.py: {e}", file=sys.stderr)
+        return 2
     rows = []
     for _, row in table.iterrows():
         if row["status"] != "completed":
@@ -98,12 +101,11 @@ def main() -> int:
     if not rows:
         return 1
     cols = ["seed", *keys, *[k for k in rows[0] if k.startswith("margin: ")], "lands"]
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
-        print("| " + " | ".join(fmt(r[c]) for c in cols) + " |")
+        print("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
     worst = {c: min(r[c] for r in rows) for c in cols if c.startswith("margin: ")}
-    print("| smallest | " + " | ".join("" for _ in keys) + " | " + " | ".join(fmt(v) for v in worst.values())
+    print("| smallest | " + " | ".join("" for _ in keys) + " | " + " | ".join(_fmt(v) for v in worst.values())
           + f" | {all(r['lands'] for r in rows) and len(rows) == len(args.seeds)} |")
     return 0
 

@@ -99,8 +99,7 @@ def engine_throughput(method: str, backbone: str, args, data_name: str, out: str
         model=ModelConfig(backbone=backbone, options=options),
         train=TrainConfig(epochs=1000, batch_size=args.batch_size, log_every=args.steps, knn_every=0,
                           max_steps=2 * args.steps, checkpoint_every=1000, device=args.device,
-                          precision=args.precision, compile=args.compile,
-                          channels_last=getattr(args, "channels_last", "auto"),  # gpu_check passes no such flag
+                          precision=args.precision, compile=args.compile, channels_last=args.channels_last,
                           progress="off"),
         out=out)
     run = pretrain(cfg)
@@ -193,7 +192,7 @@ def main(argv=None) -> int:
                    help="lightly's example trains in fp32; bf16 shows what autocast alone gives it")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
-                   help="the engine's train.channels_last (auto: on for CNNs)")
+                   help="the engine's train.channels_last (auto: on for CNNs on CUDA)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=3, help="timed steps (after as many warm-up steps)")
@@ -209,7 +208,8 @@ def main(argv=None) -> int:
              for s in ("train", "test")}
     base._REGISTRY["shapes_bench"] = lambda split="train", **_: cache[split]
     common = {"bench": "train_throughput", "device": args.device, "precision": args.precision,
-              "compile": args.compile, "channels_last": args.channels_last, "batch_size": args.batch_size, "image_size": args.image_size,
+              "compile": args.compile, "channels_last": args.channels_last, "batch_size": args.batch_size,
+              "image_size": args.image_size,
               "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
     dev = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     peaks = {name: measured_peak(dev, dtype) for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}

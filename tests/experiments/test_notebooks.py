@@ -40,8 +40,9 @@ def _chance(run: Run) -> float:
 
 def check_quickstart(run: Run, tmp_path: Path) -> None:
     s = run.summary
-    # the quickstart's lesson, at its default recipe (seeds 0-2 with benchmarks/lessons.py quickstart: kNN +0.05 to
-    # +0.21 over raw pixels and +0.18 to +0.33 over random init; linear +0.37 to +0.50 and +0.20 to +0.33). CI runs
+    # the quickstart's lesson, at its default recipe (seeds 0-2, README's table; `benchmarks/lessons.py quickstart`
+    # reruns it: kNN +0.05 to +0.21 over raw pixels and +0.18 to +0.33 over random init; linear +0.37 to +0.50 and
+    # +0.20 to +0.33). CI runs
     # seed 0, the seed with the thinnest kNN margin, so kNN over raw pixels is asserted without the 0.05
     assert s["knn_acc"] > s["knn_acc_raw_pixels"], s
     assert s["knn_acc"] > s["knn_acc_random_init"] + 0.1, s
@@ -293,8 +294,8 @@ RANKME_RATIO = 0.5  # measured 0.26 / 0.32 (seeds 0 / 1)
 MAE_BASELINE_RATIO = 0.9  # measured 0.79 / 0.80 at 20 steps (CI runs 30)
 
 
-SMALL_HEAD = {"proj_hidden_dim": 512, "proj_output_dim": 128}
 SMALL_CNN = {"width": 16}
+SMALL_HEAD = {"proj_hidden_dim": 512, "proj_output_dim": 128}
 
 CASES: dict[str, Case] = {
     # the engine's CPU test sizes (tests/methods/test_training.py): small CNN at width 32, AdamW, 2000 images, 2 epochs
