@@ -169,6 +169,20 @@ class Data2Vec2(Method):
         return StepOutput(loss, z[::c.num_masks, 0].detach(), {})
 
     @torch.no_grad()
+    def predict_latents(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """One random masking per image of normalised ``images`` [B, C, H, W] (the training mask ratio, one mask instead
+        of ``num_masks``) -> ``target`` [B, L, D] (the teacher's averaged top-K targets), ``pred`` [B, L, D] (the
+        decoder's output for every patch; the loss reads the masked ones) and ``mask`` [B, L] (1 = masked)."""
+        c = self.config
+        g = default_generator(generator, images.device)
+        y = self.targets(images)
+        pm = random_patch_mask(images.shape[0], self.backbone.num_patches, c.mask_ratio, g, images.device)
+        z = self.backbone.forward_tokens(images, pm.keep)
+        noise = torch.randn(y.shape, generator=g, device=images.device).to(z.dtype) * c.mask_noise_std
+        x = noise.scatter(1, pm.keep.unsqueeze(-1).expand(-1, -1, z.shape[-1]), z[:, 1:])
+        return {"target": y.float(), "pred": self.decoder(x).float(), "mask": pm.mask.float()}
+
+    @torch.no_grad()
     def update_teacher(self, progress: Progress) -> None:
         c = self.config
         ramp = min(1.0, progress.fraction / c.anneal_fraction)

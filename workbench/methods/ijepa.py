@@ -156,6 +156,26 @@ class IJEPA(Method):
         return StepOutput(loss, tokens[:, 0].detach(), {})
 
     @torch.no_grad()
+    def predict_latents(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """One multi-block masking of normalised ``images`` [B, C, H, W], as in training -> ``target`` [B, L, D] (the
+        layer-normed target-encoder tokens of every patch), ``pred`` [B, L, D] (the predictor's output at the target
+        patches, zero elsewhere; where target blocks overlap, the last block's) and ``mask`` [B, L] (1 = predicted)."""
+        c = self.config
+        g = default_generator(generator, images.device)
+        masks = multiblock_masks(images.shape[0], self.backbone.grid, g, images.device, num_targets=c.num_targets,
+                                 target_scale=tuple(c.target_scale), target_ratio=tuple(c.target_ratio),
+                                 context_scale=tuple(c.context_scale))
+        h = self.target_encoder.forward_tokens(images)[:, 1:].float()
+        target = F.layer_norm(h, (h.shape[-1],))
+        tokens = self.backbone.forward_tokens(images, masks.context)
+        pred = self.predictor(tokens[:, 1:], masks.context, masks.targets).float()  # [B, M, Kt, D]
+        b, m, kt, d = pred.shape
+        idx = masks.targets.reshape(b, m * kt)
+        out = torch.zeros_like(target).scatter(1, idx.unsqueeze(-1).expand(-1, -1, d), pred.reshape(b, m * kt, d))
+        mask = torch.zeros(target.shape[:2], device=images.device).scatter(1, idx, 1.0)
+        return {"target": target, "pred": out, "mask": mask}
+
+    @torch.no_grad()
     def update_teacher(self, progress: Progress) -> None:
         c = self.config
         m = c.momentum + (c.final_momentum - c.momentum) * progress.fraction

@@ -86,3 +86,16 @@ class NEPA(Method):
         loss = nepa_loss(embeddings, outputs, self.config.shift)
         # features: mean of the causal outputs over patches (the causal CLS output is the same for every image)
         return StepOutput(loss, outputs[:, 1:].mean(1).detach(), {})
+
+    @torch.no_grad()
+    def predict_latents(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The causal pass over normalised ``images`` [B, C, H, W] -> ``target`` [B, L, D] (each patch's input
+        embedding, no positions), ``pred`` [B, L, D] (the output that predicts it: at the previous position with
+        ``shift`` 1, the CLS output predicting the first patch) and ``mask`` [B, L] (all ones: every patch is
+        predicted). ``generator`` is unused (no masking); it keeps the signature of the other latent methods."""
+        embeddings, outputs = self.causal_forward(images)
+        length = embeddings.shape[1] - 1
+        start = 1 - self.config.shift
+        pred = outputs[:, start:start + length]
+        return {"target": embeddings[:, 1:].float(), "pred": pred.float(),
+                "mask": torch.ones(pred.shape[:2], device=images.device)}
