@@ -92,6 +92,15 @@ def singular_spectrum(z: torch.Tensor) -> torch.Tensor:
     return torch.linalg.svdvals(x - x.mean(dim=0))
 
 
+def normalized_spectrum(z: torch.Tensor, k: int = 64) -> list[float]:
+    """:func:`singular_spectrum` of z [N, D], top min(k, N, D) values divided by the sum of all of them: fractions of
+    the spread, comparable across epochs and runs (flat: spread; first ~1, rest ~0: rank-1 collapse); [] when all
+    rows are equal. The training monitor's per-epoch ``spectrum`` record."""
+    s = singular_spectrum(z)
+    total = float(s.sum())
+    return (s[:k] / total).tolist() if total > 0 else []
+
+
 @torch.no_grad()
 def weighted_knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                          k: int = 20, temperature: float = 0.07, num_classes: int | None = None,

@@ -12,8 +12,8 @@ from workbench.trained import FeatureSet
 from workbench.evaluation import (class_balanced_subset, factor_probes, fit_logistic, kmeans_scores,
                                 knn_eval, label_free_metrics, linear_probe, ridge_r2, topk_accuracy)
 from workbench.evaluation.linear import standardize_stats
-from workbench.metrics import (alignment, lidar, normalized_std, rankme, uniformity, wasserstein_uniformity,
-                               weighted_knn_predict)
+from workbench.metrics import (alignment, lidar, normalized_spectrum, normalized_std, rankme, uniformity,
+                               wasserstein_uniformity, weighted_knn_predict)
 
 
 def clusters(n: int, dim: int, classes: int, spread: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,6 +138,24 @@ def test_rankme_against_direct_svd_and_known_cases():
     assert rankme(u @ v) == pytest.approx(1.0, abs=0.01)
     lf = label_free_metrics(FeatureSet(eye, torch.zeros(256, dtype=torch.long)))
     assert lf["rankme"] == pytest.approx(64, rel=1e-3)
+
+
+def test_normalized_spectrum_against_svdvals_and_rank_one_collapse():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(200, 96, generator=g) * torch.linspace(3, 0.1, 96)  # decaying, 96 > 64 values
+    x = z.double() / z.double().norm(dim=1, keepdim=True)  # reference: normalise, centre, svdvals by hand
+    s = torch.linalg.svdvals(x - x.mean(dim=0))
+    spec = normalized_spectrum(z)
+    assert len(spec) == 64 and spec == pytest.approx((s[:64] / s.sum()).tolist(), rel=1e-9)
+    assert all(a >= b for a, b in zip(spec, spec[1:])) and sum(spec) < 1
+    assert len(normalized_spectrum(torch.randn(10, 4, generator=g))) == 4  # min(k, N, D) values
+    # rank-1 embeddings (every row a multiple of one direction, up to noise): one dominant value
+    u, v = torch.randn(200, 1, generator=g), torch.randn(1, 96, generator=g)
+    spec = normalized_spectrum(u @ v + 1e-4 * torch.randn(200, 96, generator=g))
+    assert spec[0] > 0.95 and max(spec[1:]) < 0.01
+    spread = normalized_spectrum(torch.randn(200, 96, generator=g))
+    assert spread[0] < 0.05 and spread[63] > 0.3 * spread[0]  # isotropic: a flat spectrum
+    assert normalized_spectrum(torch.ones(5, 8)) == []  # all rows equal: no spread to divide
 
 
 def test_alignment_uniformity_std_on_hand_built_points():

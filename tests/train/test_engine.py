@@ -49,6 +49,16 @@ def test_run_folder_checkpoint_and_load_trained(blobs_data, tmp_path):
     assert info["data"] == {"name": blobs_data, "options": {"n": 128}} and info["feature_dim"] == 64
     x = torch.randn(5, 3, 16, 16)
     torch.testing.assert_close(backbone(x), method.backbone(x))
+    # the epoch record's embedding spectrum: the held-out (test split) features of the final backbone, rows
+    # L2-normalised and centred, top 64 singular values over the sum of all (reference: own forward and svdvals)
+    test = load(blobs_data, "test", n=128).images.float() / 255
+    mean, std = (torch.tensor(run.config["data"][k]).view(1, -1, 1, 1) for k in ("mean", "std"))
+    with torch.no_grad():
+        f = backbone((test - mean) / std).double()
+    f = f / f.norm(dim=1, keepdim=True)
+    s = torch.linalg.svdvals(f - f.mean(dim=0))
+    assert len(epoch["spectrum"]) == min(64, len(s))
+    assert epoch["spectrum"] == pytest.approx((s[:64] / s.sum()).tolist(), rel=1e-3, abs=1e-6)
     with pytest.raises(FileNotFoundError, match="checkpoint 'best' not found"):
         load_trained(run, "best")
 

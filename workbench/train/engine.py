@@ -45,6 +45,7 @@ from workbench.train.setup import build_training, describe, init_distributed, mi
 HEARTBEAT_S = 10.0            # the running status (step, heartbeat time) is rewritten at most this often
 COLLAPSE_STD_RATIO = 0.01     # embeddings count as collapsed when std * sqrt(dim) falls below this (spread: ~1)
 CONSTANT_LOSS_RTOL = 1e-6     # an epoch's loss "has not moved" when max - min <= this * max(1, |mean|)
+SPECTRUM_VALUES = 64          # singular values in an epoch record's embedding spectrum (held-out features)
 
 
 GLOBAL_RNG = 4               # mix_seed's last argument for the global RNG of a step (dropout, drop-path)
@@ -435,11 +436,14 @@ class Trainer:
         (``_check``), so every rank stops at the same step without a collective per step."""
         return self._stop.is_set() if self.world == 1 else False
 
-    def _knn(self) -> float | None:
+    def _knn(self) -> tuple[float | None, list[float] | None]:
+        """(kNN accuracy of the held-out test features, their spectrum): the epoch record's ``spectrum`` is
+        metrics.normalized_spectrum of those features (top 64 singular values of the L2-normalised, centred rows
+        over the sum of all: a flat line is a spread embedding, one value ~1 a collapsed one)."""
         d = self.data
         if not self.is_main or d.knn_test_images is None:
-            return None
-        from workbench.metrics import knn_accuracy
+            return None, None
+        from workbench.metrics import knn_accuracy, normalized_spectrum
         from workbench.models.encode import encode
 
         kw = dict(device=self.device, autocast_dtype=self.parts.amp_dtype, channels_last=self.parts.channels_last,
@@ -447,8 +451,9 @@ class Trainer:
         backbone = self.parts.method.backbone
         train_f = encode(backbone, d.knn_train_images, self.mean, self.std, **kw)
         test_f = encode(backbone, d.knn_test_images, self.mean, self.std, **kw)
-        return knn_accuracy(train_f, d.knn_train_labels.to(self.device), test_f, d.knn_test_labels.to(self.device),
-                            k=self.config.train.knn_k, temperature=0.07)
+        acc = knn_accuracy(train_f, d.knn_train_labels.to(self.device), test_f, d.knn_test_labels.to(self.device),
+                           k=self.config.train.knn_k, temperature=0.07)
+        return acc, normalized_spectrum(test_f.float().cpu(), SPECTRUM_VALUES)
 
     def _note_finite(self, loss: torch.Tensor) -> None:
         """Record on the device (no host sync) the first step whose loss is not finite, and its value."""
@@ -609,15 +614,17 @@ class Trainer:
                 if self.step % spe == 0:
                     done_epochs = self.step // spe
                     is_last = done_epochs >= t.epochs
-                    knn = None
+                    knn, spectrum = None, None
                     if t.knn_every > 0 and (done_epochs % t.knn_every == 0 or is_last):
-                        knn = self._knn()
+                        knn, spectrum = self._knn()
                         last_knn = knn if knn is not None else last_knn
                     if self.is_main:
                         mean, lo_loss, hi_loss = self._epoch_loss()
                         self._last_epoch_loss = mean
                         record = {"kind": "epoch", "epoch": done_epochs, "step": self.step, "loss": mean,
                                   "knn_acc": knn, "elapsed_s": time.perf_counter() - t0}
+                        if spectrum:
+                            record["spectrum"] = spectrum
                         found = self._health(done_epochs, mean, lo_loss, hi_loss)
                         if found:
                             record["warnings"] = found
@@ -653,7 +660,7 @@ class Trainer:
             self._call("on_end", run.status)
         elif self.is_main:
             if last_knn is None and stopped and t.knn_every > 0:
-                last_knn = self._knn()
+                last_knn = self._knn()[0]
             mean, _, _ = self._epoch_loss()  # the last (possibly partial) epoch's mean loss
             self._finish(mean if self._loss_n else self._last_epoch_loss, last_knn, stopped,
                          time.perf_counter() - t0)
