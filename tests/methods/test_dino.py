@@ -10,7 +10,7 @@ import torch
 from tests.methods.helpers import progress, tiny_cnn, views
 from workbench.config import ConfigError
 from workbench.methods.base import Batch, build_method, make_method_config
-from workbench.methods.dino import batch_center, dino_loss, teacher_temperature
+from workbench.methods.dino import batch_center, dino_loss, mean_entropy, teacher_targets, teacher_temperature
 from workbench.models.backbones import build_backbone
 
 
@@ -62,6 +62,31 @@ def test_dino_step_updates_center_with_teacher_mean():
     m.training_step(Batch(v, 2), progress())
     torch.testing.assert_close(m.center, 0.9 * before + 0.1 * joint.mean(dim=(0, 1)), rtol=1e-4, atol=1e-6)
     assert m.center.abs().sum() > 0
+
+
+def test_mean_entropy_of_uniform_one_hot_and_hand_rows():
+    k = 16
+    assert float(mean_entropy(torch.full((3, k), 1.0 / k))) == pytest.approx(math.log(k), rel=1e-6)
+    assert float(mean_entropy(torch.eye(k))) == pytest.approx(0.0, abs=1e-6)
+    rows = torch.tensor([[0.5, 0.5, 0.0], [0.25, 0.25, 0.5]])
+    assert float(mean_entropy(rows)) == pytest.approx((math.log(2) + 1.5 * math.log(2)) / 2, rel=1e-6)
+
+
+def test_dino_step_logs_target_entropy_and_kl_that_add_up_to_the_loss():
+    """The logged teacher-target entropy and KL are those of the centred, sharpened targets, and H + KL = loss."""
+    m = build_method("dino", tiny_cnn(), {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16,
+                                          "warmup_teacher_temp_epochs": 0})
+    m.center.normal_()
+    v = views(2, 2)
+    with torch.no_grad():
+        teacher = m.teacher_head(m.teacher_backbone(torch.cat(v[:2]))).reshape(2, 6, -1)
+        expected = teacher_targets(teacher, m.center, m.config.teacher_temp)
+    p = torch.softmax((teacher - m.center) / m.config.teacher_temp, dim=-1)  # before the step moves the centre
+    out = m.training_step(Batch(v, 2), progress())
+    torch.testing.assert_close(expected, p)
+    assert float(out.logs["teacher_entropy"]) == pytest.approx(float(-(p * p.log()).sum(-1).mean()), rel=1e-5)
+    assert float(out.logs["kl"]) >= -1e-5
+    assert float(out.logs["teacher_entropy"] + out.logs["kl"]) == pytest.approx(float(out.loss), rel=1e-5)
 
 
 def test_dino_last_layer_frozen_in_first_epoch_and_teacher_ema():

@@ -29,7 +29,9 @@ from workbench.methods.base import (Batch, Method, Progress, Recipe, StepOutput,
 
 @dataclass
 class DINOConfig:
-    """DINO hyper-parameters (paper defaults; ``out_dim`` from solo-learn's CIFAR recipe)."""
+    """DINO hyper-parameters (paper defaults; ``out_dim`` from solo-learn's CIFAR recipe). The paper's ablations
+    of its Fig. 7 are options: ``center_momentum=1`` keeps the centre at zero (no centring); ``teacher_temp`` =
+    ``warmup_teacher_temp`` = ``student_temp`` removes the sharpening."""
 
     out_dim: int = 4096
     hidden_dim: int = 2048
@@ -111,9 +113,23 @@ def dino_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, center: torc
     student_out [S, B, K] logits of all crops (global crops first), teacher_out [T, B, K] logits of the T
     global crops (T <= S), center [1, K]. The teacher side carries no gradient.
     """
-    with torch.autocast(student_out.device.type, enabled=False):  # float32 softmax under bf16
-        t = F.softmax((teacher_out.detach().float() - center.float()) / teacher_temp, dim=-1)
-    return cross_view_loss(student_out, t, student_temp)
+    return cross_view_loss(student_out, teacher_targets(teacher_out, center, teacher_temp), student_temp)
+
+
+@torch.no_grad()
+def teacher_targets(teacher_out: torch.Tensor, center: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+    """Centred and sharpened teacher probabilities: softmax((teacher_out - center) / teacher_temp) in float32,
+    [T, B, K] -> [T, B, K]. Centring keeps one dimension from dominating; sharpening (a temperature below the
+    student's) keeps the targets from going uniform."""
+    with torch.autocast(teacher_out.device.type, enabled=False):  # float32 softmax under bf16
+        return F.softmax((teacher_out.float() - center.float()) / teacher_temp, dim=-1)
+
+
+@torch.no_grad()
+def mean_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean entropy in nats of probability rows [..., K]: log K for uniform targets, 0 for one-hot ones (the two
+    collapses that DINO's sharpening and centring each prevent, the paper's Fig. 7)."""
+    return -(probs * torch.log(probs.clamp_min(1e-30))).sum(-1).mean()
 
 
 def cross_view_loss(student_out: torch.Tensor, teacher_probs: torch.Tensor, student_temp: float = 0.1) -> torch.Tensor:
@@ -181,10 +197,13 @@ class DINO(Method):
             teacher = self.teacher_head(multicrop_pooled(self.teacher_backbone, views[:n_global]).flatten(0, 1))
             teacher = teacher.reshape(n_global, b, -1)
         temp = teacher_temperature(epoch, c.warmup_teacher_temp, c.teacher_temp, c.warmup_teacher_temp_epochs)
-        loss = dino_loss(student.reshape(v, b, -1), teacher, self.center, temp, c.student_temp)
+        targets = teacher_targets(teacher, self.center, temp)
+        loss = cross_view_loss(student.reshape(v, b, -1), targets, c.student_temp)
         if self.training:
             self.center.mul_(c.center_momentum).add_(batch_center(teacher), alpha=1 - c.center_momentum)
-        return StepOutput(loss, feats[0].detach(), {"teacher_temp": temp})
+        entropy = mean_entropy(targets)  # the loss is H(targets) + KL(targets || student), averaged over pairs
+        return StepOutput(loss, feats[0].detach(),
+                          {"teacher_temp": temp, "teacher_entropy": entropy, "kl": loss.detach() - entropy})
 
     @torch.no_grad()
     def update_teacher(self, progress: Progress) -> None:

@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from workbench.config import check_range
 from workbench.methods.base import Batch, Method, Progress, Recipe, StepOutput, register
-from workbench.methods.dino import DINOHead, dino_loss, multicrop_pooled
+from workbench.methods.dino import DINOHead, dino_loss, mean_entropy, multicrop_pooled, teacher_targets
 from workbench.models.reinit import random_init_like
 
 
@@ -107,8 +107,7 @@ class RandomTeacher(Method):
         with torch.no_grad():
             teacher = self.teacher_head(multicrop_pooled(self.teacher_backbone, views[:n_global]).flatten(0, 1))
             teacher = teacher.reshape(n_global, b, -1)
-            p = torch.softmax(teacher.float() / c.teacher_temp, dim=-1)
-            entropy = -(p * torch.log(p.clamp_min(1e-30))).sum(-1).mean()  # every teacher view pairs V-1 times
+            entropy = mean_entropy(teacher_targets(teacher, teacher.new_zeros(()), c.teacher_temp))
         loss = dino_loss(student, teacher, teacher.new_zeros(()), c.teacher_temp, c.student_temp)
         return StepOutput(loss, feats[0].detach(), {"kl": loss.detach() - entropy})
 
