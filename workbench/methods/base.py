@@ -22,6 +22,17 @@ from workbench.models.backbones import Backbone
 OPTIMIZERS = ("lars", "adamw", "sgd")
 
 
+def check_schedule_fields(owner: str, weight_decay_end: float | None, layer_decay: float | None,
+                          patch_embed_lr_mult: float | None) -> None:
+    """Validate DINOv2's optimisation fields (of a Recipe or a TrainConfig), naming the field and its range."""
+    if weight_decay_end is not None:
+        check_range(owner, "weight_decay_end", weight_decay_end, 0.0)
+    if layer_decay is not None:
+        check_range(owner, "layer_decay", layer_decay, 0.0, 1.0, low_inclusive=False)
+    if patch_embed_lr_mult is not None:
+        check_range(owner, "patch_embed_lr_mult", patch_embed_lr_mult, 0.0, 1.0, low_inclusive=False)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A method's default optimizer settings, used for the TrainConfig fields a run leaves unset.
@@ -29,8 +40,11 @@ class Recipe:
     ``lr`` is a base learning rate per 256 images (the engine scales it with the global batch size);
     ``warmup_epochs`` of linear warm-up before the cosine decay; ``betas`` are AdamW's;
     ``exclude_bias_norm_from_lars``: biases and norm parameters take plain momentum steps, without LARS's
-    trust-ratio adaptation (as solo-learn's LARS does). A method's ``recipe`` states only what differs from
-    these defaults (LARS lr 0.3 per 256, weight decay 1e-6, 10 warm-up epochs).
+    trust-ratio adaptation (as solo-learn's LARS does). DINOv2's optimisation recipe (``workbench.train.optim``):
+    ``weight_decay_end`` (a cosine from ``weight_decay`` to it over the run; None: constant), ``layer_decay``
+    (ViT block k of depth n learns at ``layer_decay ** (n + 1 - k)`` times the lr; None: off) and
+    ``patch_embed_lr_mult``. A method's ``recipe`` states only what differs from these defaults (LARS lr 0.3 per
+    256, weight decay 1e-6, 10 warm-up epochs).
     """
 
     optimizer: str = "lars"
@@ -39,9 +53,13 @@ class Recipe:
     warmup_epochs: float = 10
     betas: tuple[float, float] = (0.9, 0.999)
     exclude_bias_norm_from_lars: bool = True
+    weight_decay_end: float | None = None
+    layer_decay: float | None = None
+    patch_embed_lr_mult: float = 1.0
 
     def __post_init__(self) -> None:
         o = "Recipe"
+        check_schedule_fields(o, self.weight_decay_end, self.layer_decay, self.patch_embed_lr_mult)
         check_choice(o, "optimizer", self.optimizer, OPTIMIZERS)
         check_range(o, "lr", self.lr, 0.0, low_inclusive=False)
         check_range(o, "weight_decay", self.weight_decay, 0.0)

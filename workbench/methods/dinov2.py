@@ -20,13 +20,16 @@ Defaults follow facebookresearch/dinov2 and dinov3 (``ssl_default_config.yaml``)
 token of each global crop, iBOT weight 1 with masks on half the global crops at ratios (0.1, 0.5), Sinkhorn-Knopp
 centring (3 iterations) on class and patch outputs, EMA 0.992, one head shared by DINO and iBOT (DINOv2's default;
 DINOv3 separates them: ``separate_ibot_head``), AdamW lr 1e-3 at batch 1024 with the square-root rule (5e-4 per 256
-images), wd 0.04. Head sizes are DINO's CIFAR-scale ones (4096 prototypes). Gram anchoring is off (``gram_weight=0``,
-DINOv2); DINOv3 uses weight 2 with image-level Gram matrices of normalised patch features, no negative clipping, the
-teacher refreshed every 10k of ~1M iterations in a late phase: here ``gram_start_epochs`` and ``gram_refresh_epochs``
-scale that to short runs, and the Gram teacher sees the student's global crops (DINOv3 feeds it 2x larger crops).
+images), weight decay 0.04 -> 0.4 along a cosine, layer-wise lr decay 0.9 and the patch embedding at 0.2x the lr
+(``workbench.train.optim``; train.layer_decay=1.0 turns the decay off). Head sizes are DINO's CIFAR-scale ones
+(4096 prototypes). Gram anchoring is off (``gram_weight=0``, DINOv2); DINOv3 uses weight 2 with image-level Gram
+matrices of normalised patch features, no negative clipping, the teacher refreshed every 10k of ~1M iterations in a
+late phase: here ``gram_start_epochs`` and ``gram_refresh_epochs`` scale that to short runs, and the Gram teacher
+sees the student's global crops (DINOv3 feeds it 2x larger crops).
 Register tokens: any ViT with them works (``timm:`` specs with ``reg_tokens``); they join every block and are not read.
 
-Measured at CPU scale (shapes, 2000 images at 32 px, vit_tiny with 2 blocks and 8 px patches, 2 epochs, seeds 0-2):
+Measured at CPU scale before the wd schedule / layer decay were in the recipe (shapes, 2000 images at 32 px,
+vit_tiny with 2 blocks and 8 px patches, 2 epochs, seeds 0-2):
 kNN within +-0.03 of random init for DINOv2 and DINO alike; the object-vs-background patch-similarity contrast
 (``workbench.inspect.patches.object_similarity_contrast``, 0.84 at random init) falls to 0.59-0.61 with DINOv2 and
 stays at 0.80-0.83 with Gram anchoring (weight 2, from epoch 1, refreshed every half epoch).
@@ -114,7 +117,10 @@ class DINOv2(DINO):
     name = "dinov2"
     Config = DINOv2Config
     requires_vit = True
-    recipe = Recipe(optimizer="adamw", lr=5e-4, weight_decay=0.04)
+    # official wd 0.04 -> 0.4, layerwise_decay 0.9, patch_embed_lr_mult 0.2 kept: the wd cosine spans any run's length,
+    # and the decay is per block (shallow ViTs decay less: embeddings at 0.9**3 = 0.73x with 2 blocks, 0.07x on ViT-L)
+    recipe = Recipe(optimizer="adamw", lr=5e-4, weight_decay=0.04, weight_decay_end=0.4, layer_decay=0.9,
+                    patch_embed_lr_mult=0.2)
 
     def __init__(self, backbone: nn.Module, config: DINOv2Config):
         super().__init__(backbone, config)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workbench.config import ConfigError, check_choice, check_range
-from workbench.methods.base import OPTIMIZERS
+from workbench.methods.base import OPTIMIZERS, check_schedule_fields
 
 PRECISIONS = ("auto", "fast", "bf16", "fp32")
 PROGRESS = ("auto", "on", "off")
@@ -121,6 +121,11 @@ class TrainConfig:
     at most ``knn_max_train`` training images (and ``knn_max_test`` test images); 0 disables it.
     ``loggers``: where the run is also tracked, any of "tensorboard", "mlflow" (a list, or "tensorboard,mlflow";
     ``workbench.train.loggers``).
+    DINOv2's optimisation recipe, for any method (None: the method's recipe, off for all but ``dinov2``):
+    ``weight_decay_end`` makes the weight decay a cosine from ``weight_decay`` to it over the run (set it equal to
+    ``weight_decay`` for a constant one); ``layer_decay`` in (0, 1] gives ViT block k of n (embeddings k=0, the rest
+    n + 1) the lr ``lr * layer_decay ** (n + 1 - k)`` (1.0: off; ViT backbones only); ``patch_embed_lr_mult`` in
+    (0, 1] scales the patch embedding's lr further. Only the student is optimized: EMA teachers are unaffected.
     """
 
     epochs: int = 10
@@ -149,9 +154,13 @@ class TrainConfig:
     deterministic: bool = False
     progress: str = "auto"
     loggers: list[str] | str = field(default_factory=list)
+    weight_decay_end: float | None = None
+    layer_decay: float | None = None
+    patch_embed_lr_mult: float | None = None
 
     def __post_init__(self) -> None:
         o = "TrainConfig"
+        check_schedule_fields(o, self.weight_decay_end, self.layer_decay, self.patch_embed_lr_mult)
         from workbench.train.loggers import LOGGERS
         if isinstance(self.loggers, str):
             self.loggers = [n.strip() for n in self.loggers.split(",") if n.strip()]
@@ -243,6 +252,13 @@ class PretrainConfig:
         if cls.requires_vit and not self.model.is_vit:
             raise ConfigError(f"method {self.method!r} needs a ViT backbone; model.backbone={self.model.backbone!r} "
                               f"is a CNN. Use model.backbone='vit_tiny' (or 'vit_small')")
+        vit_only = {k: getattr(self.train, k) for k in ("layer_decay", "patch_embed_lr_mult")
+                    if getattr(self.train, k) not in (None, 1.0)}
+        if vit_only and not self.model.is_vit:
+            k, v = next(iter(vit_only.items()))
+            raise ConfigError(f"train.{k}={v} needs a ViT backbone (it scales the learning rate of its blocks / patch "
+                              f"embedding); model.backbone={self.model.backbone!r} is a CNN. Use 'vit_tiny', "
+                              f"'vit_small' or a timm: ViT, or set train.{k}=None")
         if self.train.batch_size < cls.min_batch_size:
             raise ConfigError(f"train.batch_size={self.train.batch_size} is too small for {self.method!r}: it needs "
                               f"at least {cls.min_batch_size} images per batch (it compares samples across the batch)")
@@ -296,6 +312,9 @@ class ResolvedTrain:
     warmup_epochs: float
     betas: tuple[float, float]
     momentum: float
+    weight_decay_end: float | None = None
+    layer_decay: float | None = None
+    patch_embed_lr_mult: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -304,7 +323,8 @@ class ResolvedTrain:
 
 
 def resolve_train(config: PretrainConfig) -> ResolvedTrain:
-    """Fill None optimizer fields from the method's ``recipe``; ``lr = base_lr * batch_size / 256``."""
+    """Fill None optimizer fields (DINOv2's schedule fields too) from the method's ``recipe``;
+    ``lr = base_lr * batch_size / 256``. A layer decay of 1.0 resolves to None (off)."""
     t, recipe = config.train, config.method_class.recipe
     optimizer = t.optimizer or recipe.optimizer
     base_lr = float(t.lr if t.lr is not None else recipe.lr)
@@ -312,8 +332,13 @@ def resolve_train(config: PretrainConfig) -> ResolvedTrain:
     warmup = float(t.warmup_epochs if t.warmup_epochs is not None else recipe.warmup_epochs)
     betas = tuple(t.betas if t.betas is not None else recipe.betas)
     momentum = float(t.momentum)
+    wd_end = t.weight_decay_end if t.weight_decay_end is not None else recipe.weight_decay_end
+    layer_decay = t.layer_decay if t.layer_decay is not None else recipe.layer_decay
+    patch_mult = t.patch_embed_lr_mult if t.patch_embed_lr_mult is not None else recipe.patch_embed_lr_mult
     return ResolvedTrain(optimizer, base_lr, base_lr * t.batch_size / 256, wd, warmup,
-                         (float(betas[0]), float(betas[1])), momentum)
+                         (float(betas[0]), float(betas[1])), momentum,
+                         None if wd_end is None else float(wd_end),
+                         None if layer_decay is None or layer_decay == 1.0 else float(layer_decay), float(patch_mult))
 
 
 def schedule_steps(epochs: int, steps_per_epoch: int, warmup_epochs: float) -> tuple[int, int]:

@@ -313,7 +313,8 @@ def ddp_step(method: nn.Module, device: torch.device, compile: bool = False, com
 def build_training(config: PretrainConfig, data: TrainingData, device: torch.device, world: int,
                    is_main: bool) -> TrainingParts:
     """Method, precision (bf16 autocast on CUDA under ``auto``; opt-in on a CPU), channels_last (CNNs on CUDA under ``auto``),
-    SyncBatchNorm under DDP on CUDA, optimizer with norm/bias exclusion, warm-up + cosine schedule, opt-in
+    SyncBatchNorm under DDP on CUDA, optimizer with norm/bias exclusion (and DINOv2's per-layer lr multipliers),
+    warm-up + cosine schedule (and DINOv2's cosine weight decay), opt-in
     ``torch.compile`` of what the step calls, and the DDP wrapper (compiled too under ``train.compile``:
     ``ddp_step``)."""
     t = config.train
@@ -336,7 +337,9 @@ def build_training(config: PretrainConfig, data: TrainingData, device: torch.dev
     if channels_last:
         method.to(memory_format=torch.channels_last)
     teacher_params = [p for m in method.teacher_modules() for p in m.parameters()]
-    groups = param_groups(method, resolved.weight_decay, exclude=teacher_params)
+    # layer decay and the patch-embedding multiplier scale the student backbone's groups (teachers are excluded)
+    groups = param_groups(method, resolved.weight_decay, exclude=teacher_params, layer_decay=resolved.layer_decay,
+                          patch_embed_lr_mult=resolved.patch_embed_lr_mult)
     if not method.recipe.exclude_bias_norm_from_lars:
         for g in groups:
             g["lars_exclude"] = False
@@ -344,7 +347,7 @@ def build_training(config: PretrainConfig, data: TrainingData, device: torch.dev
                                 resolved.betas)
     steps_per_epoch = data.num_train // t.batch_size
     total_steps, warmup_steps = schedule_steps(t.epochs, steps_per_epoch, resolved.warmup_epochs)
-    scheduler = build_scheduler(optimizer, total_steps, warmup_steps)
+    scheduler = build_scheduler(optimizer, total_steps, warmup_steps, resolved.weight_decay, resolved.weight_decay_end)
     if t.compile:
         eager = compile_method(method)
         if eager and is_main:
