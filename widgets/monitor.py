@@ -1,4 +1,6 @@
-"""TrainingMonitor: live curves of loss, lr, kNN accuracy, RankMe and embedding std, with a collapse warning.
+"""TrainingMonitor: live curves of loss, lr, kNN accuracy, RankMe and embedding std, the held-out embedding
+spectrum of each epoch (log scale, light = early, dark = late: dimensional collapse as it happens), with a collapse
+warning.
 
 Two ways to attach: pass the monitor as an engine callback (``start_pretrain(config, callbacks=[monitor])``;
 records arrive through ``on_step`` / ``on_epoch`` / ``on_end`` in the training thread, so the notebook kernel
@@ -16,7 +18,7 @@ from typing import Any
 import ipywidgets as W
 
 from widgets._base import WidgetBase, guarded
-from workbench.inspect.curves import CURVE_METRICS, collapse_status, curves_figure, series
+from workbench.inspect.curves import CURVE_METRICS, SPECTRUM, collapse_status, curves_figure, series, spectrum_lines
 from workbench.runs import status_text
 
 
@@ -136,13 +138,28 @@ class TrainingMonitor(WidgetBase):
             self.show_error(f"monitor could not draw: {e}")
 
     def _draw(self) -> None:
+        import plotly.graph_objects as go
+
         with self._lock:
             recs = list(self.records)
+        curves = [m for m in CURVE_METRICS if m != SPECTRUM]
+        lines = spectrum_lines(recs)
+        ref = str(CURVE_METRICS.index(SPECTRUM) + 1)  # the spectrum panel's axes (x6, y6)
+        if len(self.fig.data) > len(curves) + len(lines):  # fewer epochs (a resumed run trimmed its records)
+            self.fig.data = self.fig.data[:len(curves) + len(lines)]
+        for line in lines[len(self.fig.data) - len(curves):]:  # one trace per new epoch
+            self.fig.add_trace(go.Scatter(**line, xaxis=f"x{ref}", yaxis=f"y{ref}"))
         with self.fig.batch_update():
-            for k, m in enumerate(CURVE_METRICS):
+            for k, m in enumerate(curves):
                 x, y = series(recs, m)
                 self.fig.data[k].x, self.fig.data[k].y = x, y
                 self.fig.data[k].mode = "lines+markers" if m == "knn_acc" or len(x) < 3 else "lines"
+            for trace, line in zip(self.fig.data[len(curves):], lines):  # colours run early -> late: all change
+                trace.update(x=line["x"], y=line["y"], name=line["name"], line=line["line"],
+                             hovertemplate=line["hovertemplate"])
+            for note in self.fig.layout.annotations:
+                if note.name == "spectrum-note":
+                    note.visible = not lines
         self.collapse = collapse_status(recs, dim=self.dim)
         name = self.run.path.name if self.run is not None else "run"
         st = status_text(self.run_status) if self.run_status else "?"

@@ -335,15 +335,33 @@ def test_training_monitor_follows_folder_and_warns_on_collapse(tmp_path):
         time.sleep(0.05)
     mon.stop()
     assert len(mon.fig.data[0].x) == 12 and "completed" in mon.header.value
-    # readable panels: every one titled and with a y-axis label; 5 panels in rows of 3 and 2 (wider), no empty
-    # slot, and no legend for a single run
+    # an older run (no spectrum in its records): the spectrum panel shows its note and no line
+    note = [a for a in mon.fig.layout.annotations if a.name == "spectrum-note"]
+    assert len(mon.fig.data) == 5 and len(note) == 1 and note[0].visible
+    # epoch records with a spectrum: one line per epoch on the log-scale panel, light (early) to dark, last thick
+    spectra = [[0.5, 0.3, 0.2], [0.8, 0.15, 0.05], [0.98, 0.015, 0.005]]  # collapsing onto one direction
+    for e, sp in enumerate(spectra[:2], start=2):
+        run.log_metrics({"kind": "epoch", "epoch": e, "step": 12, "knn_acc": 0.3, "spectrum": sp})
+    mon.refresh()
+    assert len(mon.fig.data) == 7 and [list(t.y) for t in mon.fig.data[5:]] == spectra[:2]
+    assert not note[0].visible and mon.fig.layout.yaxis6.type == "log"
+    before = mon.fig.data[5].line.color
+    run.log_metrics({"kind": "epoch", "epoch": 4, "step": 12, "knn_acc": 0.3, "spectrum": spectra[2]})
+    mon.refresh()
+    lines = mon.fig.data[5:]
+    assert [list(t.y) for t in lines] == spectra and list(lines[-1].x) == [1, 2, 3]
+    assert [t.line.width for t in lines] == [1.2, 1.2, 3] and "epoch 4 (last)" == lines[-1].name
+    assert lines[0].line.color != before and len({t.line.color for t in lines}) == 3  # colours re-spread
+    # readable panels: every one titled and with a y-axis label; 6 panels in two rows of 3, no empty slot, and no
+    # legend for a single run
     fig = mon.to_figure()
     axes = [fig.layout[k] for k in fig.layout if k.startswith("yaxis")]
-    assert len(axes) == 5 and all(a.title.text for a in axes) and not fig.layout.showlegend
+    assert len(axes) == 6 and all(a.title.text for a in axes) and not fig.layout.showlegend
+    assert len(fig.data) == 5 + 3 and fig.layout.yaxis6.type == "log"
     xdomains = sorted((round(fig.layout[k].domain[0], 3), round(fig.layout[k].domain[1], 3))
                       for k in fig.layout if k.startswith("xaxis"))
     assert xdomains[0][0] == 0 and xdomains[-1][1] == 1  # both rows span the width
-    assert sum(d[1] - d[0] for d in xdomains) > 1.7  # (3 panels + 2 wider ones) minus the gaps
+    assert sum(d[1] - d[0] for d in xdomains) > 1.6  # 2 x 3 panels minus the gaps
     assert mon.save(tmp_path / "mon.html") == "html" and "possible collapse" in (tmp_path / "mon.html").read_text()
 
 
@@ -359,8 +377,11 @@ def test_training_monitor_attached_as_engine_callback(tmp_path):
     assert len(mon.fig.data[2].x) == 2  # kNN accuracy per epoch
     assert "completed" in mon.header.value and mon.dim == 32
     assert run.status["status"] == "completed" and "stopped" not in mon.header.value
+    epochs = [r for r in run.metrics() if r["kind"] == "epoch"]
+    assert len(mon.fig.data) == 5 + len(epochs) == 7  # one spectrum line per epoch, its values the record's
+    assert all(np.allclose(t.y, r["spectrum"], rtol=1e-6, atol=0) for t, r in zip(mon.fig.data[5:], epochs))
     fig = mon.to_figure()
-    assert len(fig.data) == 5
+    assert len(fig.data) == 5 + 2
 
 
 # ---------------------------------------------------------------------------------------- RunBrowser

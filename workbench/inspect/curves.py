@@ -1,5 +1,10 @@
-"""Training curves from metrics.jsonl records (loss, lr, kNN accuracy, RankMe, embedding std), the collapse
-rule, and curve figures (single run or overlaid runs).
+"""Training curves from metrics.jsonl records (loss, lr, kNN accuracy, RankMe, embedding std, embedding spectrum),
+the collapse rule, and curve figures (single run or overlaid runs).
+
+Embedding spectrum: each epoch record with a kNN evaluation carries ``spectrum``, the top 64 singular values of
+the held-out features (L2-normalised rows, centred) over the sum of all of them (metrics.normalized_spectrum).
+Drawn on a log scale, one line per epoch from light (early) to dark (late, the last one thick), it shows
+dimensional collapse as it happens: the tail of the line drops by decades while the first values grow.
 
 Collapse rule (:func:`collapse_status`), on the median of the last ``window`` step records:
 - **std**: the per-dimension std of L2-normalised embeddings is about 1/sqrt(D) when they spread over the
@@ -21,9 +26,13 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-CURVE_METRICS = ("loss", "lr", "knn_acc", "rankme", "std")
+SPECTRUM = "spectrum"  # the panel of per-epoch spectra (not a step series)
+CURVE_METRICS = ("loss", "lr", "knn_acc", "rankme", "std", SPECTRUM)
 CURVE_TITLES = {"loss": "loss", "lr": "learning rate", "knn_acc": "kNN accuracy", "rankme": "RankMe",
-                "std": "embedding std (normalised)"}
+                "std": "embedding std (normalised)", SPECTRUM: "embedding spectrum"}
+SPECTRUM_FLOOR = 1e-7  # spectrum values below this fraction of the largest are float32 round-off: left undrawn
+SPECTRUM_NOTE = ("no spectrum recorded yet: it comes with each epoch's kNN check<br>"
+                 "(runs from before it, or with knn_every=0, have none)")
 
 
 def split_records(records: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -99,7 +108,39 @@ def collapse_status(records: Sequence[dict[str, Any]], dim: int | None = None, s
 
 
 CURVE_YLABELS = {"loss": "loss", "lr": "learning rate", "knn_acc": "accuracy", "rankme": "effective rank",
-                 "std": "std per dimension"}
+                 "std": "std per dimension", SPECTRUM: "σ_i / Σσ (log)"}
+
+
+def spectra(records: Sequence[dict[str, Any]]) -> list[tuple[Any, list[float]]]:
+    """(epoch, normalised spectrum) of the epoch records that carry a ``spectrum``, in record order."""
+    return [(r.get("epoch"), list(r["spectrum"])) for r in split_records(records)[1]
+            if isinstance(r.get("spectrum"), (list, tuple)) and len(r["spectrum"])]
+
+
+def spectrum_lines(records: Sequence[dict[str, Any]], color: str | None = None,
+                   name: str = "") -> list[dict[str, Any]]:
+    """Scatter keyword dicts (x = index 1..k, y = σ_i / Σσ) of a run's spectra: one per epoch, from light (early) to
+    dark (late) on the Blues scale, the last one thick; with ``color`` (overlaid runs) the last epoch's only."""
+    from workbench.inspect.colors import colormap
+
+    found = spectra(records)
+    if color is not None:
+        found = found[-1:]
+    n, out = len(found), []
+    for i, (epoch, values) in enumerate(found):
+        last = i == n - 1
+        if color is None:
+            rgb = colormap([0.35 + 0.65 * (i + 1) / n], "Blues")[0]
+            c = "#{:02x}{:02x}{:02x}".format(*(int(round(255 * v)) for v in rgb))
+        else:
+            c = color
+        label = f"{name + ' ' if name else ''}epoch {epoch}" + (" (last)" if last and color is None else "")
+        y = np.asarray(values, dtype=float)
+        y[y < SPECTRUM_FLOOR * y[0]] = np.nan  # numerically zero (float32 features): not drawn, not 1e-16 on log y
+        out.append(dict(x=np.arange(1, len(values) + 1), y=y, mode="lines", name=label,
+                        showlegend=False, legendgroup=name or None, line=dict(color=c, width=3 if last else 1.2),
+                        hovertemplate=f"{label}<br>σ_%{{x}} / Σσ = %{{y:.3g}}<extra></extra>"))
+    return out
 
 
 def panel_grid(n: int, cols: int = 3) -> list[tuple[int, int, int]]:
@@ -120,7 +161,8 @@ def curves_figure(runs: dict[str, Sequence[dict[str, Any]]], metrics: Sequence[s
     """Plotly figure with one subplot per metric (titled, y axis labelled; rows of at most ``cols``, a shorter last
     row with wider panels) and one line per run (``runs``: name -> records). Several runs get a legend above the
     panels; one run none (the title names it). With ``dim``, the std panel shows the healthy 1/sqrt(D) level and
-    the collapse threshold."""
+    the collapse threshold. The ``spectrum`` panel (log y) has one line per epoch for one run, the last epoch's per
+    run for several, and a short note (annotation named "spectrum-note") when no record carries a spectrum."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -137,15 +179,28 @@ def curves_figure(runs: dict[str, Sequence[dict[str, Any]]], metrics: Sequence[s
     for i, (name, recs) in enumerate(runs.items()):
         color = palette()[i % len(palette())]
         for j, m in enumerate(metrics):
-            x, y = series(recs, m)
             r, c, _ = grid[j]
+            if m == SPECTRUM:
+                for line in spectrum_lines(recs, color if len(runs) > 1 else None, name if len(runs) > 1 else ""):
+                    fig.add_trace(go.Scatter(**line), row=r, col=c)
+                continue
+            x, y = series(recs, m)
             fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers" if m == "knn_acc" or len(x) < 3 else "lines",
                                      name=name, legendgroup=name, showlegend=j == 0, line=dict(color=color),
                                      marker=dict(color=color)), row=r, col=c)
     for j, m in enumerate(metrics):
         r, c, _ = grid[j]
         fig.update_yaxes(title_text=CURVE_YLABELS.get(m, m), title_standoff=4, row=r, col=c)
-        fig.update_xaxes(title_text="step", title_standoff=2, row=r, col=c)
+        fig.update_xaxes(title_text="singular value index" if m == SPECTRUM else "step", title_standoff=2, row=r,
+                         col=c)
+    if SPECTRUM in metrics:
+        j = list(metrics).index(SPECTRUM)
+        r, c, _ = grid[j]
+        fig.update_yaxes(type="log", exponentformat="power", row=r, col=c)
+        ref = "" if j == 0 else str(j + 1)  # make_subplots numbers the axes of the panels in order
+        fig.add_annotation(text=SPECTRUM_NOTE, name="spectrum-note", xref=f"x{ref} domain", yref=f"y{ref} domain",
+                           x=0.5, y=0.5, showarrow=False, font=dict(size=11, color="#666666"),
+                           visible=not any(spectra(recs) for recs in runs.values()))
     if dim and "std" in metrics:
         r, c, _ = grid[list(metrics).index("std")]
         fig.add_hline(y=1 / math.sqrt(dim), line_dash="dot", line_color="green", row=r, col=c,
