@@ -1,5 +1,6 @@
-"""AttentionViewer: ViT attention per layer/head, DINO's thresholded mask, rollout; for every backbone a
-patch-similarity map (click a patch; also across a second image) and the PCA-of-patch-features image."""
+"""AttentionViewer: ViT attention per layer/head, DINO's thresholded mask, rollout, the output token norms (high-norm
+outlier patches, register norms); for every backbone a patch-similarity map (click a patch; also across a second
+image) and the PCA-of-patch-features image."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,8 +12,8 @@ import torch
 from widgets._base import WidgetBase, as_images, guarded, image_figure
 from workbench.inspect.images import data_uri, overlay, png_bytes, to_hwc, upscale
 
-VIEWS = ("attention", "rollout", "attention mask", "patch similarity", "PCA")
-VIT_ONLY = ("attention", "rollout", "attention mask")
+VIEWS = ("attention", "rollout", "attention mask", "token norms", "patch similarity", "PCA")
+VIT_ONLY = ("attention", "rollout", "attention mask", "token norms")
 
 
 class AttentionViewer(WidgetBase):
@@ -22,7 +23,11 @@ class AttentionViewer(WidgetBase):
     a (backbone, info) pair, a backbone, a spec such as ``"timm:vit_small_patch14_dinov2.lvd142m"``); its recorded
     normalisation (a spec's: the model's own) is used unless ``mean``/``std`` are given.
     ``images``: ImageDataset or uint8 [N, C, H, W] at the backbone's image size. Views: ``attention``
-    (CLS-to-patch attention of a layer and head or the mean over heads), ``rollout`` (all layers), ``attention mask`` (DINO: the patches holding ``share`` of the mass) — ViT only; ``patch similarity`` (click
+    (CLS-to-patch attention of a layer and head or the mean over heads), ``rollout`` (all layers), ``attention
+    mask`` (DINO: the patches holding ``share`` of the mass), ``token norms`` (L2 norm of each output patch token
+    on one scale for both images, the high-norm outliers of "Vision Transformers Need Registers" outlined in red,
+    the register and CLS norms listed; workbench.inspect.attention.token_norms: small ViTs trained briefly show
+    no such outliers, large long-trained ones do) — ViT only; ``patch similarity`` (click
     a patch of the left image; cosine similarity of every patch of the left and right image to it) and ``PCA``
     (first three components of the patch features of both images as RGB) — every backbone, CNNs included.
     """
@@ -33,6 +38,7 @@ class AttentionViewer(WidgetBase):
         self.backbone, self.info, self.images = None, {}, None
         self._maps: dict[int, list[torch.Tensor]] = {}
         self._tokens: dict[int, torch.Tensor] = {}
+        self._norms: dict[int, Any] = {}
         self.grid: tuple[int, int] = (1, 1)
         self.patch: tuple[int, int] = (0, 0)
         self.heat: np.ndarray | None = None
@@ -117,6 +123,19 @@ class AttentionViewer(WidgetBase):
                 self._maps[start + k] = [m[k:k + 1] for m in maps]
         return self._maps[i]
 
+    def norms(self, i: int) -> Any:
+        """Token norms of image ``i`` (a TokenNorms of batch 1; the outlier threshold is that of its chunk of
+        ``CHUNK`` images), computed once per chunk."""
+        from workbench.inspect.attention import TokenNorms, token_norms
+
+        if i not in self._norms:
+            start, x = self._chunk(i)
+            n = token_norms(self.backbone, x)
+            for k in range(x.shape[0]):
+                self._norms[start + k] = TokenNorms(n.patches[k:k + 1], n.registers[k:k + 1],
+                                                    None if n.cls is None else n.cls[k:k + 1], n.threshold)
+        return self._norms[i]
+
     def tokens(self, i: int) -> torch.Tensor:
         """Patch tokens of image ``i`` [L, D], computed once per chunk of images (sets ``grid``)."""
         from workbench.inspect.patches import patch_tokens
@@ -172,13 +191,30 @@ class AttentionViewer(WidgetBase):
         size = self.images.shape[-1]
         img_a, img_b = to_hwc(self.images[i]), to_hwc(self.images[j])
         titles = [f"image {i}", f"image {j}"]
-        if view in ("attention", "rollout", "attention mask"):
+        if view in VIT_ONLY:
             if not self.is_vit:
                 self.pictures = [upscale(img_a, self.zoom), upscale(img_b, self.zoom)]
                 self.picture = None
                 self._show(titles)
                 raise ValueError(f"the '{view}' view needs a ViT; this run's backbone is a "
                                  f"{self.trained.backbone_name or type(self.backbone).__name__} (CNN): {CNN_VIEWS_HINT}")
+        if view == "token norms":
+            from workbench.inspect.attention import upsample
+
+            na, nb = self.norms(i), self.norms(j)
+            self.grid = tuple(self.backbone.grid)
+            top = max(float(na.patches.max()), float(nb.patches.max()), 1e-12)  # one scale: 0 .. the larger max
+            heats = [upsample(n.patches / top, size)[0].numpy() for n in (na, nb)]
+            self.heat = heats[0]
+            maps = [heat_picture(h) for h in heats]
+            pics = [composite(img, heat_rgba(h, self.opacity.value)) for img, h in zip((img_a, img_b), heats)]
+            titles = [f"image {k}: {int(n.outliers.sum())} outlier patch(es)" for k, n in ((i, na), (j, nb))]
+            about = (f"L2 norm of each output patch token, one scale 0..{top:.3g} for both images; red boxes: norm > "
+                     f"{na.threshold:.3g} (mean + 3 std over the images' patches), the high-norm outliers that "
+                     "register tokens absorb in large ViTs")
+            self._outlined = [n.outliers[0] for n in (na, nb)]
+            self.info_area.value = self._norms_text(i, na) + self._norms_text(j, nb)
+        elif view in ("attention", "rollout", "attention mask"):
             kind = {"attention": "attention", "rollout": "rollout", "attention mask": "mask"}[view]
             grid = self.grid = tuple(self.backbone.grid)
             heats = [attention_image(self.maps(k), grid, size, kind, layer=self.layer.value, head=self.head.value,
@@ -209,8 +245,12 @@ class AttentionViewer(WidgetBase):
             about = "first three principal components of the patch features of both images as RGB"
         else:
             raise ValueError(f"unknown view {view!r}; choose one of {VIEWS}")
+        if view != "token norms":
+            self._outlined = []
+            if self.is_vit:
+                self.info_area.value = ""
         query = view == "patch similarity"
-        self.pictures = [self._mark(upscale(p, self.zoom), query and k == 0) for k, p in enumerate(pics)]
+        self.pictures = [self._mark(upscale(p, self.zoom), query and k == 0, k) for k, p in enumerate(pics)]
         over = self.pictures
         if view == "PCA":  # the live view shows the PCA colours alone (DINOv2's picture); the sheet adds a blend
             alpha = np.full(img_a.shape[:2] + (1,), self.opacity.value, np.float32)
@@ -222,13 +262,28 @@ class AttentionViewer(WidgetBase):
         self.clear_error()
         return self.png
 
-    def _mark(self, picture: np.ndarray, query: bool) -> np.ndarray:
-        """A zoomed map picture with its patch grid drawn in (and the query patch outlined when ``query``)."""
+    def _mark(self, picture: np.ndarray, query: bool, panel: int | None = None) -> np.ndarray:
+        """A zoomed map picture with its patch grid drawn in (the query patch outlined when ``query``; in the token
+        norms view the outlier patches of image ``panel`` (0 left, 1 right) in red)."""
         from workbench.inspect.patches import outline_patch, patch_grid_lines
 
         size = self.images.shape[-1]
         picture = patch_grid_lines(picture, self.grid, size)
+        outlined = getattr(self, "_outlined", [])
+        if panel is not None and panel < len(outlined):
+            for r, c in outlined[panel].nonzero().tolist():
+                picture = outline_patch(picture, (r, c), self.grid, color=(255, 0, 0), image_size=size)
         return outline_patch(picture, self.patch, self.grid, image_size=size) if query else picture
+
+    @staticmethod
+    def _norms_text(i: int, n: Any) -> str:
+        """One line of the token norms view: patch norm range, outliers, register and CLS norms of image ``i``."""
+        p = n.patches.flatten()
+        regs = ", ".join(f"{v:.3g}" for v in n.registers[0].tolist()) or "none (this ViT has no register tokens)"
+        cls = f"; CLS {float(n.cls[0]):.3g}" if n.cls is not None else ""
+        return (f"<div>image {i}: patch norms {float(p.min()):.3g}-{float(p.max()):.3g} (median "
+                f"{float(p.median()):.3g}), {int(n.outliers.sum())} of {p.numel()} above {n.threshold:.3g}; "
+                f"registers: {regs}{cls}</div>")
 
     def _sheet(self, images: tuple[np.ndarray, np.ndarray], maps: list[np.ndarray], overlays: list[np.ndarray],
                titles: list[str], about: str, query: bool) -> np.ndarray:
@@ -237,7 +292,7 @@ class AttentionViewer(WidgetBase):
 
         h, w = self.grid
         size = self.images.shape[-1]
-        rows = [[upscale(img, self.zoom), self._mark(upscale(m, self.zoom), query and k == 0), overlays[k]]
+        rows = [[upscale(img, self.zoom), self._mark(upscale(m, self.zoom), query and k == 0, k), overlays[k]]
                 for k, (img, m) in enumerate(zip(images, maps))]
         heads = [[t, "map", "map over the image"] for t in titles]
         name = getattr(self.trained, "backbone_name", None) or type(self.backbone).__name__

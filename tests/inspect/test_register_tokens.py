@@ -70,3 +70,37 @@ def test_patch_views_skip_the_prefix_tokens(reg_vit):
     assert grid == (4, 4) and tokens.shape == (2, 16, 384)
     with torch.no_grad():
         torch.testing.assert_close(tokens, reg_vit.vit.forward_features(x)[:, 5:])
+
+
+def test_token_norms_are_the_output_token_norms_of_the_models_own_forward(reg_vit):
+    x = torch.randn(3, 3, 28, 28)
+    n = A.token_norms(reg_vit, x)
+    with torch.no_grad():
+        ref = reg_vit.vit.forward_features(x).norm(dim=-1)  # timm's own forward: [3, 21] (CLS, 4 registers, 16)
+        own = reg_vit.forward_features(x).tokens.norm(dim=-1)  # the workbench's forward: the 16 patches
+    assert n.patches.shape == (3, 4, 4) and n.registers.shape == (3, 4) and n.cls.shape == (3,)
+    torch.testing.assert_close(n.patches, ref[:, 5:].reshape(3, 4, 4))
+    torch.testing.assert_close(n.patches.reshape(3, 16), own)
+    torch.testing.assert_close(n.registers, ref[:, 1:5])
+    torch.testing.assert_close(n.cls, ref[:, 0])
+    p = ref[:, 5:].double().flatten()
+    assert n.threshold == pytest.approx(float(p.mean() + 3 * p.std()))
+    assert n.outlier_fraction == pytest.approx(float((p > n.threshold).double().mean()))
+
+
+def test_token_norms_without_registers_and_the_outlier_rule_by_hand():
+    torch.manual_seed(0)
+    vit = build_backbone("vit_tiny", 16, patch_size=4, depth=1).eval()
+    x = torch.randn(2, 3, 16, 16)
+    n = A.token_norms(vit, x)
+    with torch.no_grad():
+        torch.testing.assert_close(n.patches.reshape(2, 16), vit.forward_features(x).tokens.norm(dim=-1))
+    assert n.registers.shape == (2, 0) and n.cls is not None
+    # 31 patch norms of 1 and one of 10: mean 41/32, unbiased std sqrt(78.46875 / 31) -> threshold 6.054, 1 outlier
+    planted = torch.ones(2, 4, 4)
+    planted[1, 2, 3] = 10.0
+    t = A.TokenNorms(planted, torch.zeros(2, 0), None, A.outlier_threshold(planted))
+    assert t.threshold == pytest.approx(41 / 32 + 3 * (78.46875 / 31) ** 0.5)
+    assert t.outliers.nonzero().tolist() == [[1, 2, 3]] and t.outlier_fraction == pytest.approx(1 / 32)
+    with pytest.raises(A.NotAViTError):
+        A.token_norms(build_backbone("small_cnn", 16, width=4), x)

@@ -43,6 +43,20 @@ def test_attention_viewer_shows_a_register_vit_at_the_patch_columns(reg_vit, ima
         av.view.value = view
         assert av.last_error is None, (view, av.last_error)
     assert av.trained.mean == (0.485, 0.456, 0.406) and av.mean == av.trained.mean  # the model's own normalisation
+    # the token norms view: each output patch token's norm (one scale for both images), the 4 registers' norms listed
+    av.view.value = "attention"
+    before = av.png
+    av.view.value = "token norms"
+    assert av.last_error is None and av.png != before and av.heat.shape == (28, 28)
+    from workbench.inspect.attention import token_norms
+    from workbench.augment import normalize
+
+    ref = token_norms(av.backbone, normalize(images[:2], av.mean, av.std))
+    up = F.interpolate(ref.patches[:1, None], size=(28, 28), mode="nearest")[0, 0]
+    torch.testing.assert_close(torch.from_numpy(av.heat), up / ref.patches.max(), rtol=1e-5, atol=1e-6)
+    assert "registers: " + ", ".join(f"{v:.3g}" for v in ref.registers[0].tolist()) in av.info_area.value
+    av.view.value = "PCA"
+    assert "registers:" not in av.info_area.value
 
 
 def test_embedding_explorer_caches_spec_features_in_the_user_cache(reg_vit, images, monkeypatch, tmp_path):

@@ -1,5 +1,6 @@
 """ViT attention views: CLS-to-patch attention per layer and head, DINO's thresholded attention mask,
-attention rollout (Abnar & Zuidema 2020), upsampling to image size and overlays.
+attention rollout (Abnar & Zuidema 2020), upsampling to image size and overlays; the norms of the output tokens
+(patches, registers, CLS) with the high-norm outlier statistic of "Vision Transformers Need Registers".
 
 Attention tensors are the backbone's ``attention_maps(x)``: one softmax tensor per layer, [B, heads, T, T]
 with T = P + L: P prefix tokens (CLS first, then any register tokens, as in DINOv2 with registers), then the L
@@ -9,6 +10,7 @@ grid).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -175,3 +177,72 @@ def attention_share(attn: torch.Tensor, masks: torch.Tensor, grid: tuple[int, in
     a = attn.float().clamp_min(0)
     share = (a * frac).sum(-1) / a.sum(-1).clamp_min(1e-12)
     return share, frac.mean(-1)
+
+
+OUTLIER_STDS = 3.0  # a patch token is a high-norm outlier when its norm > mean + 3 std of the batch's patch norms
+
+
+@dataclass
+class TokenNorms:
+    """L2 norms of a ViT's output tokens (after the final norm, what ``forward_features`` returns) for B images.
+
+    patches [B, h, w]; registers [B, R] (R = 0 without register tokens); cls [B] (None without a class token);
+    threshold: the outlier level, mean + ``OUTLIER_STDS`` std (unbiased) over all B*h*w patch norms.
+    """
+
+    patches: torch.Tensor
+    registers: torch.Tensor
+    cls: torch.Tensor | None
+    threshold: float
+
+    @property
+    def outliers(self) -> torch.Tensor:
+        """bool [B, h, w]: the patch tokens whose norm exceeds ``threshold``."""
+        return self.patches > self.threshold
+
+    @property
+    def outlier_fraction(self) -> float:
+        """Share of all patch tokens above ``threshold`` (Darcet et al.: ~2 % in DINOv2 ViT-g, ~0 with registers)."""
+        return float(self.outliers.float().mean())
+
+
+def outlier_threshold(norms: torch.Tensor, stds: float = OUTLIER_STDS) -> float:
+    """mean + ``stds`` x std (unbiased) of all values of ``norms`` (any shape, at least 2 values)."""
+    v = norms.double().flatten()
+    return float(v.mean() + stds * v.std())
+
+
+@torch.no_grad()
+def token_norms(backbone: torch.nn.Module, images: torch.Tensor, stds: float = OUTLIER_STDS) -> TokenNorms:
+    """Norms of the output tokens of normalised images [B, C, H, W] under a ViT (the workbench's or a timm token
+    model), read from the final norm's output [B, P + L, D] in one ``forward_features`` pass.
+
+    Why: Darcet et al. 2023 ("Vision Transformers Need Registers") find that large, long-trained ViTs recycle a few
+    low-information patch tokens as global scratch space; their output norm is ~10x the others (a bimodal norm
+    histogram; they count tokens above 150 in DINOv2 ViT-g) and they show as artefacts in attention maps. Register
+    tokens take over that role and the outliers vanish. The threshold here is scale-free (mean + ``stds`` std of the
+    batch's patch norms), since the paper's 150 belongs to one model. Small ViTs trained briefly at CPU scale show
+    no such outliers: the statistic then stays near the tail share of a unimodal spread (~0-1 %).
+    """
+    check_vit(backbone)
+    check_image_size(backbone, images)
+    model = getattr(backbone, "vit", None) or getattr(backbone, "model", None)
+    norm = getattr(model, "norm", None)
+    if not isinstance(norm, torch.nn.Module):
+        raise ValueError(f"{type(model).__name__} has no final ``norm`` module whose output holds all tokens")
+    seen: list[torch.Tensor] = []
+    handle = norm.register_forward_hook(lambda _m, _inputs, out: seen.append(out.detach()))
+    try:
+        backbone.forward_features(images)
+    finally:
+        handle.remove()
+    h, w = backbone.grid
+    prefix, cls = int(backbone.num_prefix_tokens), int(bool(backbone.has_class_token))
+    tokens = seen[0].float().cpu() if seen else None
+    if tokens is None or tokens.ndim != 3 or tokens.shape[1] != prefix + h * w:
+        raise ValueError(f"the final norm of {type(model).__name__} did not see the {prefix} prefix tokens and the "
+                         f"{h}x{w} patches in one [B, T, D] tensor")
+    norms = tokens.norm(dim=-1)  # [B, P + L]
+    patches = norms[:, prefix:].reshape(-1, h, w)
+    return TokenNorms(patches, norms[:, cls:prefix], norms[:, 0] if cls else None, outlier_threshold(patches, stds))
+
