@@ -7,6 +7,7 @@ table.
     python benchmarks/lessons.py quickstart -p precision fp32      # the same with fp32 (bf16 vs fp32 check)
     python benchmarks/lessons.py contrastive --seeds 0 1 2 3
     python benchmarks/lessons.py semi_supervised --runs-dir runs/lessons
+    python benchmarks/lessons.py latent_vs_pixel                   # tutorial 09: MAE vs I-JEPA, data2vec 2.0, NEPA
 
 Runs go under ``--runs-dir`` (default ``runs/lessons``); completed ones are reused, so an interrupted check
 resumes. A lesson "lands" on a seed when every margin is positive (each margin already subtracts the lesson's
@@ -45,6 +46,11 @@ def _dino(s: dict) -> dict:
     return {"share / uniform - 1.5": s["attention_share_trained"] / s["attention_share_uniform"] - 1.5}
 
 
+def _latent_vs_pixel(s: dict) -> dict:
+    """The comparison tutorial 09 concludes on: the best latent-target method minus MAE, per probe."""
+    return {f"best latent - mae ({m})": s[f"best_latent_minus_mae_{m}"] for m in ("knn", "linear")}
+
+
 # lesson -> (notebook, summary keys shown, margins)
 LESSONS: dict[str, tuple[str, list[str], Margins]] = {
     "quickstart": ("00_quickstart.ipynb",
@@ -57,6 +63,9 @@ LESSONS: dict[str, tuple[str, list[str], Margins]] = {
                          "finetune_top1_10pct_pretrained", "finetune_top1_10pct_scratch"], _semi_supervised),
     "dino": ("tutorial_05_dino_attention.ipynb",
              ["attention_share_trained", "attention_share_random_init", "attention_share_uniform"], _dino),
+    "latent_vs_pixel": ("tutorial_09_latent_vs_pixel.ipynb",
+                        [f"{metric}_{model}" for model in ("mae", "ijepa", "data2vec2", "nepa", "random_init")
+                         for metric in ("knn", "linear", "rankme")], _latent_vs_pixel),
 }
 
 

@@ -286,6 +286,31 @@ def check_tutorial_random_teachers(run: Run, tmp_path: Path) -> None:
     assert "student_vs_teacher.html" in _pictures(run)
 
 
+def check_tutorial_latent_vs_pixel(run: Run, tmp_path: Path) -> None:
+    s = run.summary
+    p = CASES["tutorial_09_latent_vs_pixel.ipynb"].parameters
+    assert s["methods"] == p["methods"] == ["mae", "ijepa", "data2vec2", "nepa"], s
+    dim = 192  # vit_tiny's width: RankMe of D-dim features lies in [1, D]
+    for name in [*p["methods"], "random_init"]:
+        for metric in ("knn", "linear"):
+            assert _finite(s[f"{metric}_{name}"]) and 0.0 <= s[f"{metric}_{name}"] <= 1.0, (metric, name, s)
+        assert _finite(s[f"rankme_{name}"]) and 1.0 <= s[f"rankme_{name}"] <= dim + 1e-6, (name, s)
+    assert _finite(s["loss_mae"]) and s["loss_mae"] > 0, s  # MAE's masked-patch error on the shown images
+    for name in ("ijepa", "data2vec2", "nepa"):  # each latent method's per-patch cosine and its constant guess
+        for key in ("mean_cosine", "constant_cosine"):
+            assert _finite(s[f"{key}_{name}"]) and -1.0 - 1e-6 <= s[f"{key}_{name}"] <= 1.0 + 1e-6, (key, name, s)
+    # the written conclusion reads the same numbers: best latent method minus MAE, per probe
+    for metric in ("knn", "linear"):
+        best = s[f"best_latent_{metric}"]
+        assert s[f"{metric}_{best}"] == max(s[f"{metric}_{m}"] for m in ("ijepa", "data2vec2", "nepa")), s
+        assert s[f"best_latent_minus_mae_{metric}"] == pytest.approx(s[f"{metric}_{best}"] - s[f"{metric}_mae"]), s
+    assert set(s["above_random_init"]) <= set(p["methods"]), s
+    table = (run.path / "scores.csv").read_text().splitlines()
+    assert table[0].startswith("model,target,knn,linear,rankme") and len(table) == 1 + 5, table
+    assert {"scores.html", "predictions_mae.png", "predictions_ijepa.png", "predictions_data2vec2.png",
+            "predictions_nepa.png"} <= _pictures(run)
+
+
 # measured margins (see the report of each tutorial's CI runs)
 COLOUR_PROBE_GAP = 0.08  # measured 0.135 / 0.177 (seeds 0 / 1)
 TINT_KNN_GAP = 0.2  # measured 0.42 / 0.40
@@ -325,6 +350,13 @@ CASES: dict[str, Case] = {
         {"name": "simclr 3 epochs", "method": "simclr", "epochs": 3},
         {"name": "simsiam without stop-gradient", "method": "simsiam", "epochs": 2,
          "options": {"stop_gradient": False}}]}, check_tutorial_label_free),
+    # the four masked/latent predictors at the tiny method-test sizes (tests/methods/tiny_runs.py): 16 px, 2 blocks
+    "tutorial_09_latent_vs_pixel.ipynb": Case({
+        "methods": ["mae", "ijepa", "data2vec2", "nepa"], "image_size": 16, "n_images": 256, "n_eval": 256,
+        "epochs": 1, "batch_size": 32, "backbone_options": {"patch_size": 4, "depth": 2}, "n_show": 3,
+        "method_options": {"mae": {}, "ijepa": {}, "nepa": {},
+                           "data2vec2": {"top_k_layers": 2, "num_masks": 2, "momentum": 0.99, "final_momentum": 0.999}}},
+        check_tutorial_latent_vs_pixel),
     "tutorial_10_random_teachers.ipynb": Case({"epochs": 1, "n_images": 2000, "n_test": 500},
                                               check_tutorial_random_teachers),
     "tutorial_07_semi_supervised.ipynb": Case({"epochs": 2, "n_images": 4000, "n_test": 1000, "batch_size": 64,
