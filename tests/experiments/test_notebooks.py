@@ -219,8 +219,10 @@ def check_tutorial_semi_supervised(run: Run, tmp_path: Path) -> None:
         assert s[f"finetune_top1_10pct_{start}"] > s[f"finetune_top1_1pct_{start}"] + 0.15, s
     # the student, trained on the teacher's soft labels only, ends near its teacher (measured -0.026 to +0.024)
     assert abs(s["distill_top1"] - s["distill_teacher_top1"]) < 0.06, s
-    # pretrained vs from scratch at 1% is recorded, not asserted: measured +0.049 / -0.006 / +0.034 (seeds 0-2)
-    assert _finite(s["finetune_gain_1pct"]), s
+    # pretrained vs from scratch is recorded, not asserted, at this 2-epoch size; at the notebook's defaults
+    # `python benchmarks/lessons.py semi_supervised` measured +0.089 / +0.091 / +0.119 at 1% and +0.206 / +0.140 /
+    # +0.028 at 10% (seeds 0-2)
+    assert _finite(s["finetune_gain_1pct"]) and _finite(s["finetune_gain_10pct"]), s
     assert "semi_supervised.html" in _pictures(run)
 
 
@@ -359,8 +361,10 @@ CASES: dict[str, Case] = {
         check_tutorial_latent_vs_pixel),
     "tutorial_10_random_teachers.ipynb": Case({"epochs": 1, "n_images": 2000, "n_test": 500},
                                               check_tutorial_random_teachers),
+    # 2 epochs of a width-16 CNN: the check reads the pipeline; the 3-seed gains come from benchmarks/lessons.py
     "tutorial_07_semi_supervised.ipynb": Case({"epochs": 2, "n_images": 4000, "n_test": 1000, "batch_size": 64,
-                                               "distill_min_steps": 50}, check_tutorial_semi_supervised),
+                                               "backbone_options": {"width": 16}, "distill_min_steps": 50},
+                                              check_tutorial_semi_supervised),
     "tutorial_08_matryoshka.ipynb": Case({"epochs": 1, "n_images": 1000, "n_eval": 500, "batch_size": 64,
                                           "backbone_options": {"width": 8}, "matryoshka_dims": [8, 16, 32, 64]},
                                          check_tutorial_matryoshka),
