@@ -24,8 +24,8 @@ class AttentionViewer(WidgetBase):
     normalisation (a spec's: the model's own) is used unless ``mean``/``std`` are given.
     ``images``: ImageDataset or uint8 [N, C, H, W] at the backbone's image size. Views: ``attention``
     (CLS-to-patch attention of a layer and head or the mean over heads), ``rollout`` (all layers), ``attention
-    mask`` (DINO: the patches holding ``share`` of the mass), ``token norms`` (L2 norm of each output patch token
-    on one scale for both images, the high-norm outliers of "Vision Transformers Need Registers" outlined in red,
+    mask`` (DINO: the patches holding ``share`` of the mass), ``token norms`` (L2 norm of each patch token in the
+    residual stream after the last block, on one scale for both images, the high-norm outliers of "Vision Transformers Need Registers" outlined in red,
     the register and CLS norms listed; workbench.inspect.attention.token_norms: small ViTs trained briefly show
     no such outliers, large long-trained ones do) — ViT only; ``patch similarity`` (click
     a patch of the left image; cosine similarity of every patch of the left and right image to it) and ``PCA``
@@ -209,7 +209,8 @@ class AttentionViewer(WidgetBase):
             maps = [heat_picture(h) for h in heats]
             pics = [composite(img, heat_rgba(h, self.opacity.value)) for img, h in zip((img_a, img_b), heats)]
             titles = [f"image {k}: {int(n.outliers.sum())} outlier patch(es)" for k, n in ((i, na), (j, nb))]
-            about = (f"L2 norm of each output patch token, one scale 0..{top:.3g} for both images; red boxes: norm > "
+            about = (f"L2 norm of each patch token after the last block (residual stream), one scale 0..{top:.3g} "
+                     f"for both images; red boxes: norm > "
                      f"{na.threshold:.3g} (mean + 3 std over the images' patches), the high-norm outliers that "
                      "register tokens absorb in large ViTs")
             self._outlined = [n.outliers[0] for n in (na, nb)]

@@ -72,17 +72,24 @@ def test_patch_views_skip_the_prefix_tokens(reg_vit):
         torch.testing.assert_close(tokens, reg_vit.vit.forward_features(x)[:, 5:])
 
 
-def test_token_norms_are_the_output_token_norms_of_the_models_own_forward(reg_vit):
+def test_token_norms_are_the_token_norms_of_the_models_own_forward(reg_vit):
     x = torch.randn(3, 3, 28, 28)
-    n = A.token_norms(reg_vit, x)
-    with torch.no_grad():
-        ref = reg_vit.vit.forward_features(x).norm(dim=-1)  # timm's own forward: [3, 21] (CLS, 4 registers, 16)
-        own = reg_vit.forward_features(x).tokens.norm(dim=-1)  # the workbench's forward: the 16 patches
+    n = A.token_norms(reg_vit, x)  # the residual stream after the last block (the final norm's input)
+    out = A.token_norms(reg_vit, x, where="output")  # after the final norm
+    vit = reg_vit.vit
+    with torch.no_grad():  # timm's own modules, no hook: [3, 21] norms (CLS, 4 registers, 16 patches)
+        ref = vit.blocks(vit.norm_pre(vit._pos_embed(vit.patch_embed(x)))).norm(dim=-1)
+        ref_out = vit.forward_features(x).norm(dim=-1)
+        own = reg_vit.forward_features(x).tokens.norm(dim=-1)  # the workbench's forward: the 16 output patches
     assert n.patches.shape == (3, 4, 4) and n.registers.shape == (3, 4) and n.cls.shape == (3,)
     torch.testing.assert_close(n.patches, ref[:, 5:].reshape(3, 4, 4))
-    torch.testing.assert_close(n.patches.reshape(3, 16), own)
     torch.testing.assert_close(n.registers, ref[:, 1:5])
     torch.testing.assert_close(n.cls, ref[:, 0])
+    torch.testing.assert_close(out.patches, ref_out[:, 5:].reshape(3, 4, 4))
+    torch.testing.assert_close(out.patches.reshape(3, 16), own)
+    torch.testing.assert_close(out.registers, ref_out[:, 1:5])
+    with pytest.raises(ValueError, match="where="):
+        A.token_norms(reg_vit, x, where="middle")
     p = ref[:, 5:].double().flatten()
     assert n.threshold == pytest.approx(float(p.mean() + 3 * p.std()))
     assert n.outlier_fraction == pytest.approx(float((p > n.threshold).double().mean()))
@@ -93,9 +100,12 @@ def test_token_norms_without_registers_and_the_outlier_rule_by_hand():
     vit = build_backbone("vit_tiny", 16, patch_size=4, depth=1).eval()
     x = torch.randn(2, 3, 16, 16)
     n = A.token_norms(vit, x)
+    out = A.token_norms(vit, x, where="output")
     with torch.no_grad():
-        torch.testing.assert_close(n.patches.reshape(2, 16), vit.forward_features(x).tokens.norm(dim=-1))
-    assert n.registers.shape == (2, 0) and n.cls is not None
+        torch.testing.assert_close(out.patches.reshape(2, 16), vit.forward_features(x).tokens.norm(dim=-1))
+    # a fresh LayerNorm (gamma 1, beta 0) gives every output token norm sqrt(D): the outliers live before it
+    torch.testing.assert_close(out.patches, torch.full((2, 4, 4), 192 ** 0.5), rtol=1e-4, atol=1e-4)
+    assert float(n.patches.std()) > 0.01 and n.registers.shape == (2, 0) and n.cls is not None
     # 31 patch norms of 1 and one of 10: mean 41/32, unbiased std sqrt(78.46875 / 31) -> threshold 6.054, 1 outlier
     planted = torch.ones(2, 4, 4)
     planted[1, 2, 3] = 10.0

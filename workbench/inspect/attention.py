@@ -182,9 +182,12 @@ def attention_share(attn: torch.Tensor, masks: torch.Tensor, grid: tuple[int, in
 OUTLIER_STDS = 3.0  # a patch token is a high-norm outlier when its norm > mean + 3 std of the batch's patch norms
 
 
+TOKEN_STAGES = ("residual", "output")  # token_norms' ``where``: before / after the final norm
+
+
 @dataclass
 class TokenNorms:
-    """L2 norms of a ViT's output tokens (after the final norm, what ``forward_features`` returns) for B images.
+    """L2 norms of a ViT's tokens after the last block for B images (``where``: see :func:`token_norms`).
 
     patches [B, h, w]; registers [B, R] (R = 0 without register tokens); cls [B] (None without a class token);
     threshold: the outlier level, mean + ``OUTLIER_STDS`` std (unbiased) over all B*h*w patch norms.
@@ -213,9 +216,15 @@ def outlier_threshold(norms: torch.Tensor, stds: float = OUTLIER_STDS) -> float:
 
 
 @torch.no_grad()
-def token_norms(backbone: torch.nn.Module, images: torch.Tensor, stds: float = OUTLIER_STDS) -> TokenNorms:
-    """Norms of the output tokens of normalised images [B, C, H, W] under a ViT (the workbench's or a timm token
-    model), read from the final norm's output [B, P + L, D] in one ``forward_features`` pass.
+def token_norms(backbone: torch.nn.Module, images: torch.Tensor, stds: float = OUTLIER_STDS,
+                where: str = "residual") -> TokenNorms:
+    """Norms of the tokens after the last block of normalised images [B, C, H, W] under a ViT (the workbench's or a
+    timm token model), all P + L of them read at the final norm in one ``forward_features`` pass: ``residual`` (its
+    input, the residual stream, default) or ``output`` (its output, the tokens ``forward_features`` returns).
+
+    The residual stream is where the outliers live: a LayerNorm output has norm sqrt(D) times a gamma-weighted
+    spread whatever its input, so at init (gamma = 1) every ``output`` norm is exactly sqrt(D); large trained
+    models keep the contrast through gamma, which is why the paper could see it in the output features.
 
     Why: Darcet et al. 2023 ("Vision Transformers Need Registers") find that large, long-trained ViTs recycle a few
     low-information patch tokens as global scratch space; their output norm is ~10x the others (a bimodal norm
@@ -226,12 +235,15 @@ def token_norms(backbone: torch.nn.Module, images: torch.Tensor, stds: float = O
     """
     check_vit(backbone)
     check_image_size(backbone, images)
+    if where not in TOKEN_STAGES:
+        raise ValueError(f"where={where!r} must be one of {TOKEN_STAGES}")
     model = getattr(backbone, "vit", None) or getattr(backbone, "model", None)
     norm = getattr(model, "norm", None)
     if not isinstance(norm, torch.nn.Module):
         raise ValueError(f"{type(model).__name__} has no final ``norm`` module whose output holds all tokens")
     seen: list[torch.Tensor] = []
-    handle = norm.register_forward_hook(lambda _m, _inputs, out: seen.append(out.detach()))
+    handle = norm.register_forward_hook(
+        lambda _m, inputs, out: seen.append((inputs[0] if where == "residual" else out).detach()))
     try:
         backbone.forward_features(images)
     finally:
