@@ -93,12 +93,12 @@ def singular_spectrum(z: torch.Tensor) -> torch.Tensor:
 
 
 def normalized_spectrum(z: torch.Tensor, k: int = 64) -> list[float]:
-    """:func:`singular_spectrum` of z [N, D], top min(k, N, D) values divided by the sum of all of them: fractions of
-    the spread, comparable across epochs and runs (flat: spread; first ~1, rest ~0: rank-1 collapse); [] when all
-    rows are equal. The training monitor's per-epoch ``spectrum`` record."""
+    """:func:`singular_spectrum` of z [N, D], top min(k, N - 1, D) values (centring leaves at most N - 1) divided by
+    the sum of all of them: fractions of the spread, comparable across epochs and runs (flat: spread; first ~1,
+    rest ~0: rank-1 collapse); [] when all rows are equal. The training monitor's per-epoch ``spectrum`` record."""
     s = singular_spectrum(z)
     total = float(s.sum())
-    return (s[:k] / total).tolist() if total > 0 else []
+    return (s[:min(k, len(z) - 1)] / total).tolist() if total > 0 else []
 
 
 @torch.no_grad()
