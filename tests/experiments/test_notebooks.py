@@ -160,6 +160,8 @@ def check_tutorial_collapse(run: Run, tmp_path: Path) -> None:
     assert s["rankme_collapsed"] < RANKME_RATIO * s["rankme_working"], s  # without stop-gradient the rank falls
     assert s["loss_collapsed"] < s["loss_working"], s  # ... while the loss looks better
     assert s["collapse_warning_collapsed"] is True, s  # and the monitor's collapse rule fires
+    # the held-out spectrum shows it: the collapsed embedding's top singular value holds more of the spread
+    assert 0.0 < s["spectrum_top1_working"] < s["spectrum_top1_collapsed"] <= 1.0, s
     assert {"collapse_curves.html", "training_collapsing.html"} <= _pictures(run)
 
 
