@@ -1,4 +1,5 @@
-"""Patch-mask generators: MAE random masking and I-JEPA multi-block masks, batched, from a generator.
+"""Patch-mask generators: MAE random masking, data2vec 2.0 inverse block masking, I-JEPA multi-block masks and
+iBOT/DINOv2 block masks, batched, from a generator.
 
 Patch indices are row-major positions in the patch grid (index = row * grid_w + col).
 """
@@ -59,6 +60,50 @@ def random_patch_mask(batch: int, num_patches: int, mask_ratio: float, generator
     mask = (torch.arange(num_patches, device=device) >= keep_n).float().expand(batch, -1)  # 0 kept, 1 masked
     mask = torch.gather(mask, 1, restore)
     return PatchMask(keep=shuffle[:, :keep_n].contiguous(), restore=restore, mask=mask)
+
+
+def inverse_block_mask(batch: int, grid: tuple[int, int], mask_ratio: float, generator: torch.Generator,
+                       device: torch.device | str = "cpu", mask_length: int = 3,
+                       mask_prob_adjust: float = 0.07) -> PatchMask:
+    """data2vec 2.0's image masks: the *visible* patches are grown as blocks, the rest (``mask_ratio``) is masked.
+
+    As fairseq's ``compute_block_mask_2d`` with ``inverse_mask`` and ``require_same_masks`` (facebookresearch/fairseq
+    ``fairseq/data/data_utils.py``; image defaults ``expand_adjcent``, ``non_overlapping`` off, ``mask_dropout`` 0):
+    with keep fraction q = 1 - mask_ratio, ``int(L * (q + mask_prob_adjust) / mask_length**2)`` block centres are
+    drawn uniformly with replacement; each marks the ``mask_length`` x ``mask_length`` square around it (offsets
+    ``-(mask_length // 2)`` on, cut at the grid border) as visible. Every sample then keeps exactly
+    K = ``int(L * q)`` patches (``random_patch_mask``'s count): surplus visible patches are dropped, or missing ones
+    added, uniformly at random. Vectorised: keep the top K of (visible + uniform noise), which picks the same
+    uniform subsets. Returns PatchMask on ``device`` with ``keep`` [B, K] ascending (then the masked ids ascending in
+    the ``restore`` order).
+    """
+    gh, gw = int(grid[0]), int(grid[1])
+    if not 0.0 <= mask_ratio < 1.0:
+        raise ValueError(f"inverse_block_mask: mask_ratio={mask_ratio!r} must be in [0, 1)")
+    if batch < 1 or gh < 1 or gw < 1 or mask_length < 1:
+        raise ValueError(f"inverse_block_mask: batch={batch}, grid={tuple(grid)} and mask_length={mask_length} must "
+                         "be >= 1")
+    if mask_prob_adjust < 0:
+        raise ValueError(f"inverse_block_mask: mask_prob_adjust={mask_prob_adjust!r} must be >= 0")
+    device = torch.device(device)
+    L, keep_frac = gh * gw, 1 - mask_ratio
+    keep_n = int(L * keep_frac)
+    if keep_n < 1:
+        raise ValueError(f"inverse_block_mask: mask_ratio={mask_ratio} keeps no patch out of {L}")
+    n_blocks = int(L * ((keep_frac + mask_prob_adjust) / mask_length ** 2))
+    visible = torch.zeros(batch, L, dtype=torch.bool, device=device)
+    if n_blocks > 0:
+        centre = (_rand(generator, (batch, n_blocks), device) * L).long().clamp_(max=L - 1)  # randint(0, L)
+        off = mask_length // 2
+        top, left = centre // gw - off, centre % gw - off
+        visible = _block_masks(top, left, (mask_length, mask_length), (gh, gw)).any(dim=1)  # [B, L]
+    # exactly keep_n per sample: visible patches rank above hidden ones, a uniform draw orders each group
+    score = visible.float() * 2 + _rand(generator, (batch, L), device)
+    kept = torch.zeros(batch, L, dtype=torch.bool, device=device)
+    kept.scatter_(1, score.topk(keep_n, dim=1).indices, True)
+    order = torch.sort((~kept).to(torch.uint8), dim=1, stable=True).indices  # kept ids ascending, then masked ones
+    return PatchMask(keep=order[:, :keep_n].contiguous(), restore=torch.argsort(order, dim=1),
+                     mask=(~kept).float())
 
 
 def _block_size(u: float, grid: tuple[int, int], scale: Sequence[float], ratio: Sequence[float]) -> tuple[int, int]:

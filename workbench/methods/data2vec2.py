@@ -6,7 +6,7 @@ Pseudo-code of the paper (image model), as written here::
         f_1..f_N = FFN outputs of the teacher's N blocks       # [B, L, D] each (patch tokens, no CLS)
         y = layer_norm(mean_k instance_norm(f_k) for the top K blocks)   # instance norm over the L patches
     for m in 1..M:                                             # M masks per image ("clone batch")
-        keep, mask = random_patch_mask(80 %)
+        keep, mask = inverse_block_mask(80 %)                  # visible patches grown as 3x3 blocks
         z = student(patches[keep])                             # the backbone ViT sees visible patches only (+ CLS)
         x = scatter(z into L slots, N(0, 0.01) noise elsewhere)
         pred = conv_decoder(x on the patch grid)               # grouped 3x3 convs, LN, GELU, residual; linear -> D
@@ -16,11 +16,23 @@ Pseudo-code of the paper (image model), as written here::
 
 Settings from facebookresearch/fairseq (examples/data2vec, config v2/base_images_only_task.yaml): targets are the
 FFN outputs before the last residual (``end_of_block_targets: false``), instance-normed, averaged over the top 10
-blocks, then layer-normed; mask ratio 0.8, M = 16, mask tokens N(0, 0.01) with no positions, decoder 6 layers of
-kernel 3 and 16 groups as wide as the encoder; CLS regression weight 0.01 (summed over samples, not averaged, as the
-official criterion does); Adam betas (0.9, 0.95), wd 0.05, lr 1e-3 at 256 images. Two simplifications: masks are
-MAE's uniform random masks (the paper's images use inverse block masking, visible patches grown in 3x3 blocks), and
-the teacher is a full copy of the backbone (patch embedding included, ``ema_local_encoder: true``).
+blocks, then layer-normed; M = 16, mask tokens N(0, 0.01) with no positions, decoder 6 layers of kernel 3 and 16
+groups as wide as the encoder; CLS regression weight 0.01 (summed over samples, not averaged, as the official
+criterion does); Adam betas (0.9, 0.95), wd 0.05, lr 1e-3 at 256 images.
+
+Masks (``inverse_mask: true, mask_prob: 0.8, mask_prob_adjust: 0.07, mask_length: 3``; ``compute_block_mask_2d`` in
+fairseq/data/data_utils.py, called by examples/data2vec/models/modalities/images.py with ``require_same_masks``):
+int(L * 0.27 / 9) 3x3 blocks of visible patches at uniform centres, then exactly int(L * 0.2) visible per sample
+(``mask_type="random"`` gives MAE's uniform masks instead).
+
+Teacher (``ema_encoder_only: false``, ``ema_local_encoder: true``; ``make_target_model`` / ``set_num_updates`` in
+examples/data2vec/models/data2vec2.py): a copy of the whole encoder (patch embedding, positions, CLS token, every
+block, final norm; not the decoder), nothing shared with the student, every parameter EMA'd and buffers copied; it
+runs in eval mode without gradient on the unmasked image (all patches, with positions and CLS). The decay anneals
+linearly from ``ema_decay`` to ``ema_end_decay`` over the first ``ema_anneal_end_step`` updates, then stays (here
+``momentum``, ``final_momentum``, ``anneal_fraction``). Our ``teacher`` is that copy of the backbone. Not
+followed: the official encoder is post-LN with fixed sin-cos positions and 2 modality-specific blocks before 10 shared
+ones (targets from those 10); here it is the backbone ViT as built, targets from its top ``top_k_layers`` blocks.
 """
 from __future__ import annotations
 
@@ -32,7 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from workbench.augment import random_patch_mask
+from workbench.augment import PatchMask, inverse_block_mask, random_patch_mask
 from workbench.config import ConfigError, check_choice, check_range
 from workbench.methods.base import Batch, Method, Progress, Recipe, StepOutput, ema_update, register
 from workbench.methods.mae import default_generator
@@ -40,11 +52,16 @@ from workbench.methods.mae import default_generator
 
 @dataclass
 class Data2Vec2Config:
-    """data2vec 2.0 hyper-parameters (paper values; ``decoder_dim=None`` = the encoder's width)."""
+    """data2vec 2.0 hyper-parameters (paper values; ``decoder_dim=None`` = the encoder's width). ``mask_type``:
+    "inverse_block" (the paper's: visible patches grown as ``mask_length`` x ``mask_length`` blocks, their count
+    raised by ``mask_prob_adjust`` before the exact trim to 1 - ``mask_ratio``) or "random" (MAE's uniform masks)."""
 
     top_k_layers: int = 10
     targets: Literal["ffn", "block"] = "ffn"
     mask_ratio: float = 0.8
+    mask_type: Literal["inverse_block", "random"] = "inverse_block"
+    mask_length: int = 3
+    mask_prob_adjust: float = 0.07
     num_masks: int = 16
     mask_noise_std: float = 0.01
     decoder_dim: int | None = None
@@ -58,12 +75,14 @@ class Data2Vec2Config:
 
     def __post_init__(self) -> None:
         o = "Data2Vec2Config"
-        for name in ("top_k_layers", "num_masks", "decoder_layers", "decoder_kernel", "decoder_groups"):
+        for name in ("top_k_layers", "num_masks", "decoder_layers", "decoder_kernel", "decoder_groups", "mask_length"):
             check_range(o, name, getattr(self, name), 1)
         if self.decoder_dim is not None:
             check_range(o, "decoder_dim", self.decoder_dim, 1)
         check_choice(o, "targets", self.targets, ["ffn", "block"])
         check_range(o, "mask_ratio", self.mask_ratio, 0.0, 1.0, high_inclusive=False)
+        check_choice(o, "mask_type", self.mask_type, ["inverse_block", "random"])
+        check_range(o, "mask_prob_adjust", self.mask_prob_adjust, 0.0, 1.0)
         check_range(o, "mask_noise_std", self.mask_noise_std, 0.0)
         check_range(o, "cls_loss", self.cls_loss, 0.0)
         check_range(o, "momentum", self.momentum, 0.0, 1.0)
@@ -138,7 +157,15 @@ class Data2Vec2(Method):
                               f"pass top_k_layers <= {depth}")
         self.decoder = ConvDecoder(backbone.feature_dim, backbone.grid, c.decoder_dim or backbone.feature_dim,
                                    c.decoder_layers, c.decoder_kernel, c.decoder_groups)
-        self.teacher = copy.deepcopy(backbone).requires_grad_(False)
+        self.teacher = copy.deepcopy(backbone).requires_grad_(False)  # the whole encoder, EMA'd (see module doc)
+
+    def masks(self, batch: int, generator: torch.Generator, device: torch.device) -> PatchMask:
+        """``batch`` masks of the patch grid by ``mask_type``: keep int64 [batch, K], mask float [batch, L]
+        (1 = masked)."""
+        c, vit = self.config, self.backbone
+        if c.mask_type == "random":
+            return random_patch_mask(batch, vit.num_patches, c.mask_ratio, generator, device)
+        return inverse_block_mask(batch, vit.grid, c.mask_ratio, generator, device, c.mask_length, c.mask_prob_adjust)
 
     @torch.no_grad()
     def targets(self, images: torch.Tensor) -> torch.Tensor:
@@ -161,7 +188,7 @@ class Data2Vec2(Method):
         g = default_generator(progress.generator, images.device)
         y = self.targets(images).repeat_interleave(c.num_masks, 0)  # [B*M, L, D]
         clones = images.repeat_interleave(c.num_masks, 0)
-        pm = random_patch_mask(clones.shape[0], self.backbone.num_patches, c.mask_ratio, g, images.device)
+        pm = self.masks(clones.shape[0], g, images.device)
         z = self.backbone.forward_tokens(clones, pm.keep)  # [B*M, 1+K, D]
         noise = torch.randn(y.shape, generator=g, device=images.device).to(z.dtype) * c.mask_noise_std
         x = noise.scatter(1, pm.keep.unsqueeze(-1).expand(-1, -1, z.shape[-1]), z[:, 1:])
@@ -170,13 +197,13 @@ class Data2Vec2(Method):
 
     @torch.no_grad()
     def predict_latents(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """One random masking per image of normalised ``images`` [B, C, H, W] (the training mask ratio, one mask instead
-        of ``num_masks``) -> ``target`` [B, L, D] (the teacher's averaged top-K targets), ``pred`` [B, L, D] (the
+        """One masking per image of normalised ``images`` [B, C, H, W] (the training masks, one instead of
+        ``num_masks``) -> ``target`` [B, L, D] (the teacher's averaged top-K targets), ``pred`` [B, L, D] (the
         decoder's output for every patch; the loss reads the masked ones) and ``mask`` [B, L] (1 = masked)."""
         c = self.config
         g = default_generator(generator, images.device)
         y = self.targets(images)
-        pm = random_patch_mask(images.shape[0], self.backbone.num_patches, c.mask_ratio, g, images.device)
+        pm = self.masks(images.shape[0], g, images.device)
         z = self.backbone.forward_tokens(images, pm.keep)
         noise = torch.randn(y.shape, generator=g, device=images.device).to(z.dtype) * c.mask_noise_std
         x = noise.scatter(1, pm.keep.unsqueeze(-1).expand(-1, -1, z.shape[-1]), z[:, 1:])
