@@ -1,6 +1,7 @@
 """DINOv2 / DINOv3 pieces: the iBOT patch loss, KoLeo and the Gram loss against hand values and independent
-references, Sinkhorn-Knopp marginals, iBOT block masks, the mask token, the Gram teacher's refresh schedule, the
-patch centre, register-token ViTs, config errors and the object/background patch-similarity contrast."""
+references, Sinkhorn-Knopp marginals, iBOT block masks, the mask token, the Gram teacher's refresh schedule and its
+larger crops (bicubic resize to the student's grid against hand weights, scale 1 = the student's crops, an engine
+run), the patch centre, register-token ViTs, config errors and the object/background patch-similarity contrast."""
 from __future__ import annotations
 
 import math
@@ -14,7 +15,7 @@ from workbench.augment.masks import ibot_masks
 from workbench.config import ConfigError
 from workbench.inspect.patches import object_similarity_contrast
 from workbench.methods.base import Batch, build_method, make_method_config
-from workbench.methods.dinov2 import gram_loss, ibot_loss, koleo_loss
+from workbench.methods.dinov2 import gram_loss, ibot_loss, koleo_loss, resize_patch_grid
 from workbench.methods.swav import sinkhorn
 from workbench.models.backbones import build_backbone
 
@@ -127,7 +128,7 @@ def test_patch_centre_moves_to_the_masked_teacher_outputs():
 
 def test_gram_teacher_refreshes_from_the_ema_teacher_on_schedule():
     m = build_method("dinov2", tiny_vit(), {**SMALL, "gram_weight": 2.0, "gram_start_epochs": 1,
-                                            "gram_refresh_epochs": 0.5})  # 4 steps an epoch: start 4, every 2
+                                            "gram_refresh_epochs": 0.5, "gram_crop_scale": 1.0})  # start 4, every 2
     assert m.gram_backbone in m.teacher_modules()
     assert "loss_gram" not in m.training_step(Batch(views(), 2), progress(step=3)).logs
     refreshed = []
@@ -141,6 +142,119 @@ def test_gram_teacher_refreshes_from_the_ema_teacher_on_schedule():
     assert refreshed == [False, False, False, True, False, True, False, True]  # after steps 4, 6, 8 done
     out = m.training_step(Batch(views(), 2), progress(step=4))
     assert out.logs["loss_gram"] > 0
+
+
+def _cubic_weights(n_in: int, n_out: int) -> torch.Tensor:
+    """[n_out, n_in]: torch's bicubic resampling (Keys kernel a = -0.75, half-pixel centres, edge samples repeated)
+    written out sample by sample."""
+    a = -0.75
+
+    def k(t: float) -> float:
+        t = abs(t)
+        return ((a + 2) * t - (a + 3)) * t * t + 1 if t <= 1 else (((t - 5) * t + 8) * t - 4) * a if t < 2 else 0.0
+
+    w = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        x = (i + 0.5) * n_in / n_out - 0.5
+        for j in range(math.floor(x) - 1, math.floor(x) + 3):
+            w[i, min(max(j, 0), n_in - 1)] += k(x - j)
+    return w
+
+
+def test_resize_patch_grid_is_bicubic_on_the_row_major_grid():
+    feats = torch.randn(2, 8 * 6, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = resize_patch_grid(feats, (8, 6), (4, 3))
+    assert out.shape == (2, 12, 5)
+    ref = torch.einsum("iy,jx,nyxd->nijd", _cubic_weights(8, 4), _cubic_weights(6, 3), feats.reshape(2, 8, 6, 5))
+    torch.testing.assert_close(out, ref.reshape(2, 12, 5).float(), rtol=1e-5, atol=1e-6)
+    assert resize_patch_grid(feats, (8, 6), (8, 6)) is feats
+
+
+def _gram_dinov2(scale: float):
+    torch.manual_seed(0)
+    m = build_method("dinov2", tiny_vit(), {**SMALL, "gram_weight": 2.0, "gram_start_epochs": 0,
+                                            "gram_crop_scale": scale, "mask_probability": 1.0})
+    with torch.no_grad():  # an anchor unlike the student
+        for p in m.gram_backbone.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m
+
+
+def _student_patches(m, glob: torch.Tensor, seed: int) -> torch.Tensor:
+    mask = ibot_masks(glob.shape[0], m.backbone.grid, torch.Generator().manual_seed(seed), mask_probability=1.0)
+    with torch.no_grad():
+        return m.backbone.encode(m.backbone.patchify_embed(glob, mask, m.mask_token))[:, 1:]
+
+
+def test_gram_crop_scale_1_anchors_on_the_student_global_crops():
+    m, v = _gram_dinov2(1.0), views(2, 2)
+    out = m.training_step(Batch(v, 2), progress(step=4, seed=3))
+    glob = torch.cat(v[:2])
+    with torch.no_grad():
+        anchor = m.gram_backbone.encode(m.gram_backbone.patchify_embed(glob))[:, 1:]
+    assert torch.equal(out.logs["loss_gram"], gram_loss(_student_patches(m, glob, 3), anchor))  # the previous loss
+    total = out.logs["loss_dino"] + 0.1 * out.logs["loss_koleo"] + out.logs["loss_ibot"] + 2 * out.logs["loss_gram"]
+    torch.testing.assert_close(out.loss.detach(), total)
+
+
+def test_gram_teacher_reads_the_larger_crops_resized_to_the_student_grid():
+    m, v = _gram_dinov2(2.0), views(2, 2)
+    g = torch.Generator().manual_seed(1)
+    big = [torch.randn(6, 3, 32, 32, generator=g) for _ in range(2)]  # the Gram views close the batch
+    out = m.training_step(Batch(v + big, 2), progress(step=4, seed=3))
+    gb = m.gram_backbone
+    with torch.no_grad():
+        teacher = gb.encode(gb.embed_any_size(torch.cat(big)))[:, 1:]
+    assert teacher.shape == (12, 64, gb.feature_dim)  # an 8 x 8 grid of 4 px patches
+    anchor = resize_patch_grid(teacher, (8, 8), m.backbone.grid)
+    assert anchor.shape == (12, 16, gb.feature_dim)  # the student's 4 x 4 grid
+    student = _student_patches(m, torch.cat(v[:2]), 3)
+    torch.testing.assert_close(out.logs["loss_gram"], gram_loss(student, anchor))
+    with torch.no_grad():
+        own = gram_loss(student, gb.encode(gb.patchify_embed(torch.cat(v[:2])))[:, 1:])
+    assert (out.logs["loss_gram"] - own).abs() > 1e-3  # not the student crops' anchor
+    # the Gram views are not local crops: the other losses are those of the batch without them
+    plain = _gram_dinov2(1.0).training_step(Batch(v, 2), progress(step=4, seed=3))
+    for k in ("loss_dino", "loss_koleo", "loss_ibot"):
+        torch.testing.assert_close(out.logs[k], plain.logs[k])
+
+
+def test_gram_views_missing_or_unused_are_config_errors():
+    with pytest.raises(ConfigError, match="gram_scale"):
+        _gram_dinov2(2.0).training_step(Batch(views(2, 2), 2), progress(step=4))
+    big = [torch.randn(6, 3, 32, 32) for _ in range(2)]
+    with pytest.raises(ConfigError, match="gram_scale"):
+        build_method("dinov2", tiny_vit(), SMALL).training_step(Batch(views(2, 2) + big, 2), progress(step=4))
+    with pytest.raises(ConfigError, match="gram_crop_scale"):
+        make_method_config("dinov2", {"gram_crop_scale": 0.5})
+
+
+def test_dinov2_with_gram_crops_trains_through_the_engine(tmp_path):
+    """A few engine steps with the dino preset's Gram views at 2x (augment gram_scale) and Gram anchoring on."""
+    import workbench.data as data_pkg
+    from workbench.data import base
+    from workbench.train import DataConfig, ModelConfig, PretrainConfig, TrainConfig, pretrain
+
+    cache = {split: data_pkg.load("shapes", split=split, size=16, n=n, seed=0) for split, n in (("train", 64),
+                                                                                             ("test", 32))}
+    base._REGISTRY["shapes_gram"] = lambda split="train", **_: cache[split]
+    try:
+        cfg = PretrainConfig(method="dinov2", method_options={**SMALL, "gram_weight": 2.0, "gram_start_epochs": 0.5,
+                                                              "gram_refresh_epochs": 0.5, "gram_crop_scale": 2.0},
+                             data=DataConfig(name="shapes_gram"),
+                             model=ModelConfig(backbone="vit_tiny", options={"depth": 2, "patch_size": 4}),
+                             augment={"gram_scale": 2.0, "local_views": 2},
+                             train=TrainConfig(epochs=2, batch_size=16, log_every=1, knn_every=0, progress="off",
+                                               device="cpu", optimizer="adamw", lr=4e-3, warmup_epochs=0.2),
+                             out=str(tmp_path))
+        run = pretrain(cfg)
+    finally:
+        base._REGISTRY.pop("shapes_gram", None)
+    assert run.status["status"] == "completed", run.status
+    steps = [r for r in run.metrics() if r["kind"] == "step"]
+    assert len(steps) == 8 and all(math.isfinite(r["loss"]) for r in steps)
+    gram = [r.get("loss_gram") for r in steps]
+    assert gram[:2] == [None, None] and all(x is not None and math.isfinite(x) and x > 0 for x in gram[2:])
 
 
 def test_dinov2_runs_on_a_vit_with_register_tokens():

@@ -14,11 +14,14 @@ from workbench.augment.presets import AugmentConfig, ViewOps
 @dataclass
 class ViewBatch:
     """Views of one batch: ``views[i]`` float [B, C, s_i, s_i] normalized; ``params[i]`` the dict of
-    per-sample tensors drawn for view i (see ``view_params_doc``); the first ``num_global`` views are global."""
+    per-sample tensors drawn for view i (see ``view_params_doc``); the first ``num_global`` views are global; the
+    last ``num_gram`` are the global views' Gram-teacher renderings (``AugmentConfig.gram_views``: the same crop
+    box and flip, larger, no colour op; their params are the global views' geometry)."""
 
     views: list[torch.Tensor]
     params: list[dict[str, torch.Tensor]]
     num_global: int
+    num_gram: int = 0
 
 
 view_params_doc = {
@@ -71,12 +74,21 @@ def sample_geometry(batch: int, height: int | torch.Tensor, width: int | torch.T
     return out
 
 
+def rendered_views(config: AugmentConfig, geometry: list[Params]) -> list[tuple[ViewOps, Params]]:
+    """What each crop of a batch renders, in the ViewBatch's order: (view, its geometry) for the ``num_views``
+    views of ``config`` (``geometry[i]`` = view i's, as ``sample_geometry`` draws them; entries past them are
+    ignored), then for each Gram-teacher view (``config.gram_views``) its global view's geometry at the larger
+    size: the one place "the same crop, larger" is defined."""
+    geometry = geometry[:config.num_views]
+    return list(zip(config.views, geometry)) + list(zip(config.gram_views, geometry[:config.num_global]))
+
+
 def crop_images(images: Sequence[torch.Tensor], geometry: list[Params], config: AugmentConfig) -> list[torch.Tensor]:
-    """The crops of every view from images of any sizes (``images[b]`` [C, H_b, W_b], uint8 decoded at full
-    size): a list over views of [B, C, s, s] with the images' dtype and device (``ops.resized_crop_image`` per
-    image and view)."""
+    """The crops of every view (Gram-teacher renderings last, ``rendered_views``) from images of any sizes
+    (``images[b]`` [C, H_b, W_b], uint8 decoded at full size): a list over views of [B, C, s, s] with the images'
+    dtype and device (``ops.resized_crop_image`` per image and view)."""
     views = []
-    for view, g in zip(config.views, geometry):
+    for view, g in rendered_views(config, geometry):
         boxes, flips = g["crop"].tolist(), g["flip"].tolist()
         views.append(torch.stack([ops.resized_crop_image(im, boxes[b], view.size, flips[b])
                                   for b, im in enumerate(images)]))
@@ -106,16 +118,17 @@ def _check_generator(generator: torch.Generator, device: torch.device, where: st
 
 def finish_views(crops: list[torch.Tensor], geometry: list[Params], config: AugmentConfig,
                  generator: torch.Generator) -> ViewBatch:
-    """Views from their crops (one [B, C, s, s] per view, uint8 or float [0, 1], already cropped and flipped as
-    ``geometry`` records): each view's colour ops with parameters from ``generator``, then normalisation.
-    Float crops are overwritten. Returns the ViewBatch with the geometry and colour parameters of each view."""
+    """Views from their crops (one [B, C, s, s] per view of ``rendered_views``, uint8 or float [0, 1], already
+    cropped and flipped as ``geometry`` records): each view's colour ops with parameters from ``generator``, then
+    normalisation; the Gram-teacher crops are only normalised (they draw nothing). Float crops are overwritten.
+    Returns the ViewBatch with the geometry and colour parameters of each view."""
     _check_generator(generator, crops[0].device, "finish_views")
     views, params = [], []
-    for view, x, g in zip(config.views, crops, geometry):
-        out, p = apply_colour(ops.to_float(x), view, generator)
-        views.append(ops.normalize_float(out, config.mean, config.std, inplace=True))  # out is our own tensor
+    for i, ((view, g), x) in enumerate(zip(rendered_views(config, geometry), crops)):
+        out, p = (ops.to_float(x), {}) if i >= config.num_views else apply_colour(ops.to_float(x), view, generator)
+        views.append(ops.normalize_float(out, config.mean, config.std, inplace=True))  # out is ours (or overwritable)
         params.append({**{k: ops.to_device(v, out.device) for k, v in g.items()}, **p})
-    return ViewBatch(views=views, params=params, num_global=config.num_global)
+    return ViewBatch(views=views, params=params, num_global=config.num_global, num_gram=len(config.gram_views))
 
 
 def generate_views(images: torch.Tensor, config: AugmentConfig, generator: torch.Generator,
@@ -137,5 +150,5 @@ def generate_views(images: torch.Tensor, config: AugmentConfig, generator: torch
     B, _, H, W = images.shape
     geometry = sample_geometry(B, H, W, config, geo, images.device)
     x = ops.to_float(images)
-    crops = [ops.resized_crop(x, g["crop"], view.size, g["flip"]) for view, g in zip(config.views, geometry)]
+    crops = [ops.resized_crop(x, g["crop"], view.size, g["flip"]) for view, g in rendered_views(config, geometry)]
     return finish_views(crops, geometry, config, generator)

@@ -92,7 +92,9 @@ class AugmentConfig:
 
     views: one ViewOps per view; num_global: how many leading views are global (DINO teacher views;
     equals len(views) for two-view methods); mean/std: per-channel normalization (1 value = all
-    channels); preset: the preset name it came from (informational).
+    channels); preset: the preset name it came from (informational); gram_scale: when set, each global view
+    is rendered once more, after all the views, from the same crop box and flip at ``round(gram_scale * size)``
+    px without colour ops (DINOv3's Gram-teacher crops, ``gram_teacher_no_distortions``; see ``gram_views``).
     """
 
     views: list[ViewOps]
@@ -100,6 +102,7 @@ class AugmentConfig:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     preset: str = "custom"
+    gram_scale: float | None = None
 
     def __post_init__(self) -> None:
         own = "AugmentConfig"
@@ -116,10 +119,24 @@ class AugmentConfig:
             raise ConfigError(f"{own}.mean={self.mean} and std={self.std} must be non-empty and the same length")
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"{own}.std={self.std} must be positive")
+        if self.gram_scale is not None:
+            check_range(own, "gram_scale", self.gram_scale, 0.0, low_inclusive=False)
 
     @property
     def num_views(self) -> int:
+        """The views the config draws (the Gram-teacher renderings, which draw nothing, not counted)."""
         return len(self.views)
+
+    @property
+    def gram_views(self) -> list[ViewOps]:
+        """The Gram-teacher rendering of each global view (none without ``gram_scale``): its crop geometry at
+        ``round(gram_scale * size)`` px and no colour op. Rendered from the global view's drawn crop box and flip,
+        after the ``num_views`` views (DINOv3 feeds its Gram teacher the student's global crops, larger and
+        undistorted: ``crops.gram_teacher_crops_size`` 512 for 256 px crops, ``gram_teacher_no_distortions``)."""
+        if self.gram_scale is None:
+            return []
+        return [ViewOps(size=max(1, round(self.gram_scale * v.size)), scale=v.scale, ratio=v.ratio, flip_p=v.flip_p)
+                for v in self.views[:self.num_global]]
 
 
 # ----------------------------------------------------------------------------------------- presets
@@ -180,7 +197,8 @@ def make_preset(name: str, image_size: int, mean: tuple[float, ...] = IMAGENET_M
     """Build a preset's AugmentConfig for ``image_size`` px views.
 
     Overrides: any ViewOps field (applied to every view, e.g. ``jitter_p=0.0``), ``views=[...]``
-    (full replacement: ViewOps or dicts), ``num_global``, and for dino ``local_views``,
+    (full replacement: ViewOps or dicts), ``num_global``, ``gram_scale`` (DINOv3's Gram-teacher crops, see
+    ``AugmentConfig``), and for dino ``local_views``,
     ``local_size``, ``global_scale``, ``local_scale``. Images <= 64 px use the solo-learn CIFAR recipes.
     """
     check_choice("make_preset", "name", name, known_presets())
@@ -188,7 +206,7 @@ def make_preset(name: str, image_size: int, mean: tuple[float, ...] = IMAGENET_M
         raise ConfigError(f"make_preset.image_size={image_size!r} must be a positive integer")
     extra = dict(overrides)
     view_fields = {f.name for f in dataclasses.fields(ViewOps)}
-    allowed = sorted(view_fields | {"views", "num_global"} | set(_PRESET_KEYS.get(name, ())))
+    allowed = sorted(view_fields | {"views", "num_global", "gram_scale"} | set(_PRESET_KEYS.get(name, ())))
     unknown = sorted(set(extra) - set(allowed))
     if unknown:
         raise ConfigError(f"make_preset({name!r}) got unknown override(s) {unknown}; allowed: {allowed}")
@@ -198,7 +216,9 @@ def make_preset(name: str, image_size: int, mean: tuple[float, ...] = IMAGENET_M
         views = list(extra.pop("views"))
         num_global = min(num_global, len(views)) if "num_global" not in extra else num_global
     num_global = extra.pop("num_global", num_global)
+    gram_scale = extra.pop("gram_scale", None)
     if extra:
         views = [from_dict(ViewOps, {**dataclasses.asdict(v), **extra}) if isinstance(v, ViewOps)
                  else from_dict(ViewOps, {**v, **extra}) for v in views]
-    return AugmentConfig(views=views, num_global=num_global, mean=tuple(mean), std=tuple(std), preset=name)
+    return AugmentConfig(views=views, num_global=num_global, mean=tuple(mean), std=tuple(std), preset=name,
+                         gram_scale=gram_scale)

@@ -11,9 +11,12 @@ Pseudo-code of the papers, as written here::
     loss = H(p_cls, cls_s) over view pairs v != t                      # DINO, shared with workbench's dino
          + w_ibot * mean_images mean_{masked patches} H(p_patch, patch_s[m])
          + w_koleo * sum_{global crops} -mean log ||z_i - z_nn(i)||     # z = normalised student class tokens
-         + w_gram * mean_images ||P_s P_s^T - P_g P_g^T||^2 / L^2       # P: normalised patch features;
-                                                                        # g: the Gram teacher, a copy of the EMA
-                                                                        # teacher taken every N steps
+         + w_gram * mean_images ||P_s P_s^T - P_g P_g^T||^2 / L^2       # P: normalised patch features, P_s of
+                                                                        # the masked global crops; g: the Gram
+                                                                        # teacher (a copy of the EMA teacher taken
+                                                                        # every N steps) on the global crops
+                                                                        # rendered s x larger, undistorted, its
+                                                                        # patch grid resized to the student's
     teacher <- m * teacher + (1 - m) * student                          # m: 0.992 -> 1, cosine
 
 Defaults follow facebookresearch/dinov2 and dinov3 (``ssl_default_config.yaml``): KoLeo 0.1 on the backbone's class
@@ -24,15 +27,23 @@ images), weight decay 0.04 -> 0.4 along a cosine, layer-wise lr decay 0.9 and th
 (``workbench.train.optim``; train.layer_decay=1.0 turns the decay off). Head sizes are DINO's CIFAR-scale ones
 (4096 prototypes). Gram anchoring is off (``gram_weight=0``, DINOv2); DINOv3 uses weight 2 with image-level Gram
 matrices of normalised patch features, no negative clipping, the teacher refreshed every 10k of ~1M iterations in a
-late phase: here ``gram_start_epochs`` and ``gram_refresh_epochs`` scale that to short runs, and the Gram teacher
-sees the student's global crops (DINOv3 feeds it 2x larger crops).
+late phase: here ``gram_start_epochs`` and ``gram_refresh_epochs`` scale that to short runs. The Gram teacher sees
+each global crop's box and flip rendered ``gram_crop_scale`` (2) times larger without colour distortion, the batch's
+last views (``AugmentConfig.gram_scale``, e.g. ``augment={"gram_scale": 2.0}``); its patch features [N, h', w', D] are
+resized bicubically (half-pixel centres, no antialiasing) to the student's grid, then normalised. DINOv3's
+(facebookresearch/dinov3: ``configs/train/dinov3_vit7b16_gram_anchor.yaml``, ``data/augmentations.py``,
+``train/ssl_meta_arch.py``): ``gram_teacher_crops_size`` 512 for 256 px global crops with
+``gram_teacher_no_distortions`` (1.5x in the high-resolution adaptation), ``global_teacher_resize_method`` bicubic,
+``_antialias`` false, ``img_level``, all patch tokens, ``remove_neg`` false. ``gram_crop_scale=1`` anchors on the
+student's own (distorted) global crops, with no extra views.
 Register tokens: any ViT with them works (``timm:`` specs with ``reg_tokens``); they join every block and are not read.
 
 Measured at CPU scale before the wd schedule / layer decay were in the recipe (shapes, 2000 images at 32 px,
 vit_tiny with 2 blocks and 8 px patches, 2 epochs, seeds 0-2):
 kNN within +-0.03 of random init for DINOv2 and DINO alike; the object-vs-background patch-similarity contrast
 (``workbench.inspect.patches.object_similarity_contrast``, 0.84 at random init) falls to 0.59-0.61 with DINOv2 and
-stays at 0.80-0.83 with Gram anchoring (weight 2, from epoch 1, refreshed every half epoch). The wd schedule and
+stays at 0.80-0.83 with Gram anchoring (weight 2, from epoch 1, refreshed every half epoch, on the student's crops:
+``gram_crop_scale=1``). The wd schedule and
 layer decay change nothing measurable at the tests' tiny size (tests/methods/tiny_runs, seeds 0-1: kNN gain over
 random init -0.070 / -0.063 with them, -0.051 / -0.074 without; both runs' loss 10.81 -> 10.45-10.47).
 """
@@ -46,7 +57,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from workbench.augment.masks import ibot_masks
-from workbench.config import check_choice, check_pair, check_range
+from workbench.config import ConfigError, check_choice, check_pair, check_range
 from workbench.methods.base import Batch, Progress, Recipe, StepOutput, ema_update, cosine_momentum, register
 from workbench.methods.dino import (DINO, DINOConfig, DINOHead, batch_center, cross_view_loss, multicrop_pooled,
                                     teacher_temperature)
@@ -69,6 +80,7 @@ class DINOv2Config(DINOConfig):
     gram_weight: float = 0.0
     gram_start_epochs: float = 1.0
     gram_refresh_epochs: float = 1.0
+    gram_crop_scale: float = 2.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -80,6 +92,7 @@ class DINOv2Config(DINOConfig):
         check_range(o, "mask_probability", self.mask_probability, 0.0, 1.0)
         check_pair(o, "mask_ratio", self.mask_ratio, low=0.0, high=1.0)
         check_range(o, "gram_refresh_epochs", self.gram_refresh_epochs, 0.0, low_inclusive=False)
+        check_range(o, "gram_crop_scale", self.gram_crop_scale, 1.0)
 
 
 def ibot_loss(student_masked: torch.Tensor, teacher_probs: torch.Tensor, mask: torch.Tensor,
@@ -110,6 +123,17 @@ def gram_loss(student_patches: torch.Tensor, teacher_patches: torch.Tensor) -> t
         s = F.normalize(student_patches.float(), dim=-1)
         t = F.normalize(teacher_patches.detach().float(), dim=-1)
         return F.mse_loss(s @ s.transpose(1, 2), t @ t.transpose(1, 2))
+
+
+def resize_patch_grid(patches: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """Patch features [N, h*w, D] laid out row-major on the ``grid`` (h, w) -> float [N, H*W, D] on ``size`` (H, W):
+    bicubic, align_corners=False, no antialiasing, as DINOv3 brings its Gram teacher's features from the larger crop
+    to the student's grid (``gram.global_teacher_resize_method`` / ``_antialias``). Unchanged when the grids match."""
+    if tuple(grid) == tuple(size):
+        return patches
+    x = patches.float().transpose(1, 2).unflatten(2, tuple(grid))  # [N, D, h, w]
+    x = F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False, antialias=False)
+    return x.flatten(2).transpose(1, 2)
 
 
 @register
@@ -151,8 +175,30 @@ class DINOv2(DINO):
         spe = max(1, progress.steps_per_epoch)
         return round(self.config.gram_start_epochs * spe), max(1, round(self.config.gram_refresh_epochs * spe))
 
-    def training_step(self, batch: Batch, progress: Progress) -> StepOutput:
+    def _split_gram_views(self, batch: Batch) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """(the student's views, the Gram teacher's crops [B, C, s*h, s*w] per global view, or None where it reads
+        the student's global crops: ``gram_crop_scale`` 1 or no Gram loss). The Gram crops are the batch's last
+        ``num_global`` views (``AugmentConfig.gram_scale``: the global crops' boxes rendered larger, undistorted)."""
         c, views, g = self.config, batch.views, batch.num_global
+        h, w = views[0].shape[-2:]
+        want = (round(c.gram_crop_scale * h), round(c.gram_crop_scale * w))
+        if self.gram_backbone is None or c.gram_crop_scale == 1:
+            if any(v.shape[-2] > h or v.shape[-1] > w for v in views[g:]):
+                raise ConfigError("dinov2: the batch has views larger than its global crops after them (Gram-teacher "
+                                  "crops, augment gram_scale); they are read only with gram_weight > 0 and "
+                                  "gram_crop_scale > 1: set those or drop augment gram_scale")
+            return views, None
+        gram = views[len(views) - g:]
+        if len(views) < 2 * g or any(tuple(v.shape[-2:]) != want for v in gram):
+            raise ConfigError(f"dinov2: gram_crop_scale={c.gram_crop_scale} feeds the Gram teacher the global crops "
+                              f"rendered at {want[0]}x{want[1]} px, the batch's last {g} views; they are missing "
+                              f"(views: {[tuple(v.shape[-2:]) for v in views]}). Set augment gram_scale="
+                              f"{c.gram_crop_scale} (make_preset(..., gram_scale=...)), or gram_crop_scale=1 for the "
+                              "student's global crops")
+        return views[:len(views) - g], gram
+
+    def training_step(self, batch: Batch, progress: Progress) -> StepOutput:
+        (views, gram_views), c, g = self._split_gram_views(batch), self.config, batch.num_global
         b, bb = views[0].shape[0], self.backbone
         epoch = progress.step / max(1, progress.steps_per_epoch)
         freeze = epoch < c.freeze_last_layer_epochs
@@ -183,8 +229,14 @@ class DINOv2(DINO):
             loss = loss + c.ibot_weight * loss_ibot
             logs["loss_ibot"] = loss_ibot.detach()
         if self.gram_backbone is not None and progress.step >= self._gram_steps(progress)[0]:
+            gb = self.gram_backbone
             with torch.no_grad():
-                anchor = self.gram_backbone.encode(self.gram_backbone.patchify_embed(glob))[:, 1:]
+                if gram_views is None:
+                    anchor = gb.encode(gb.patchify_embed(glob))[:, 1:]  # [gB, L, D]
+                else:  # DINOv3: the larger crops, their patch grid resized to the student's
+                    big = torch.cat(gram_views)  # [gB, C, s*H, s*W]
+                    grid = tuple(max(1, round(n / gb.patch_size)) for n in big.shape[-2:])  # embed_any_size's grid
+                    anchor = resize_patch_grid(gb.encode(gb.embed_any_size(big))[:, 1:], grid, bb.grid)
             loss_gram = gram_loss(tokens[:, 1:], anchor)
             loss = loss + c.gram_weight * loss_gram
             logs["loss_gram"] = loss_gram.detach()
