@@ -18,6 +18,8 @@ from workbench.methods.base import Batch, build_method, make_method_config
 from workbench.methods.dinov2 import gram_loss, ibot_loss, koleo_loss, resize_patch_grid
 from workbench.methods.swav import sinkhorn
 from workbench.models.backbones import build_backbone
+from workbench.train import DataConfig, ModelConfig, PretrainConfig
+from workbench.train.config import augment_config
 
 SMALL = {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16}
 
@@ -229,8 +231,23 @@ def test_gram_views_missing_or_unused_are_config_errors():
         make_method_config("dinov2", {"gram_crop_scale": 0.5})
 
 
+def test_gram_views_are_requested_only_when_the_gram_teacher_reads_them():
+    def scale(options, augment=None):
+        cfg = PretrainConfig(method="dinov2", method_options=options, data=DataConfig(name="shapes", image_size=32),
+                             model=ModelConfig(backbone="vit_tiny", options={"depth": 1, "patch_size": 8}),
+                             augment=augment or {}, out="unused")
+        return augment_config(cfg, 32).gram_scale
+
+    assert scale({"gram_weight": 2.0}) == 2.0  # DINOv3's default: 2x crops
+    assert scale({"gram_weight": 2.0, "gram_crop_scale": 1.5}) == 1.5
+    assert scale({"gram_weight": 2.0, "gram_crop_scale": 1.0}) is None  # the student's own crops
+    assert scale({}) is None  # DINOv2: no Gram loss, no extra views
+    assert scale({"gram_weight": 2.0}, {"gram_scale": 3.0}) == 3.0  # a run's own augment setting wins
+
+
 def test_dinov2_with_gram_crops_trains_through_the_engine(tmp_path):
-    """A few engine steps with the dino preset's Gram views at 2x (augment gram_scale) and Gram anchoring on."""
+    """A few engine steps with Gram anchoring on at gram_crop_scale 2: the method's options alone make the run
+    render the Gram views (augment_defaults -> gram_scale), no augment setting needed."""
     import workbench.data as data_pkg
     from workbench.data import base
     from workbench.train import DataConfig, ModelConfig, PretrainConfig, TrainConfig, pretrain
@@ -243,10 +260,11 @@ def test_dinov2_with_gram_crops_trains_through_the_engine(tmp_path):
                                                               "gram_refresh_epochs": 0.5, "gram_crop_scale": 2.0},
                              data=DataConfig(name="shapes_gram"),
                              model=ModelConfig(backbone="vit_tiny", options={"depth": 2, "patch_size": 4}),
-                             augment={"gram_scale": 2.0, "local_views": 2},
+                             augment={"local_views": 2},
                              train=TrainConfig(epochs=2, batch_size=16, log_every=1, knn_every=0, progress="off",
                                                device="cpu", optimizer="adamw", lr=4e-3, warmup_epochs=0.2),
                              out=str(tmp_path))
+        assert augment_config(cfg, 16).gram_scale == 2.0
         run = pretrain(cfg)
     finally:
         base._REGISTRY.pop("shapes_gram", None)

@@ -147,6 +147,12 @@ class Method(nn.Module):
             raise ConfigError(f"{cls.name} needs {cls.num_views} views per image, got {num_views}; "
                               f"use the {cls.preset!r} preset")
 
+    @classmethod
+    def augment_defaults(cls, config: Any) -> dict[str, Any]:
+        """Augmentation settings that this method's ``config`` needs beyond its preset, as ``make_preset`` keywords
+        (a run's own ``augment`` overrides win): none, unless a method's option changes the views it reads."""
+        return {}
+
     def views(self, batch: Batch) -> list[torch.Tensor]:
         """The first ``num_views`` views of ``batch``, each [B, C, h, w] (fewer is a ConfigError naming the preset)."""
         self.check_num_views(len(batch.views))

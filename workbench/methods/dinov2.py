@@ -29,7 +29,7 @@ images), weight decay 0.04 -> 0.4 along a cosine, layer-wise lr decay 0.9 and th
 matrices of normalised patch features, no negative clipping, the teacher refreshed every 10k of ~1M iterations in a
 late phase: here ``gram_start_epochs`` and ``gram_refresh_epochs`` scale that to short runs. The Gram teacher sees
 each global crop's box and flip rendered ``gram_crop_scale`` (2) times larger without colour distortion, the batch's
-last views (``AugmentConfig.gram_scale``, e.g. ``augment={"gram_scale": 2.0}``); its patch features [N, h', w', D] are
+last views (``AugmentConfig.gram_scale``, which a run sets from ``gram_crop_scale`` through ``augment_defaults``); its patch features [N, h', w', D] are
 resized bicubically (half-pixel centres, no antialiasing) to the student's grid, then normalised. DINOv3's
 (facebookresearch/dinov3: ``configs/train/dinov3_vit7b16_gram_anchor.yaml``, ``data/augmentations.py``,
 ``train/ssl_meta_arch.py``): ``gram_teacher_crops_size`` 512 for 256 px global crops with
@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -159,6 +160,12 @@ class DINOv2(DINO):
                                       c.head_batch_norm)
             self.teacher_ibot_head = copy.deepcopy(self.ibot_head).requires_grad_(False)
         self.gram_backbone = copy.deepcopy(backbone).requires_grad_(False) if c.gram_weight > 0 else None
+
+    @classmethod
+    def augment_defaults(cls, config: DINOv2Config) -> dict[str, Any]:
+        """DINOv3's Gram teacher reads the global crops rendered ``gram_crop_scale`` x larger: the run asks the
+        augmentation for them, so ``gram_weight`` and ``gram_crop_scale`` alone switch it on."""
+        return {"gram_scale": config.gram_crop_scale} if config.gram_weight > 0 and config.gram_crop_scale != 1 else {}
 
     def _teacher_probs(self, logits: torch.Tensor, center: torch.Tensor, temp: float) -> torch.Tensor:
         """[N, K] teacher logits -> probabilities: Sinkhorn-Knopp codes, or DINO's centre-and-sharpen (the centre

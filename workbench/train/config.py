@@ -289,9 +289,11 @@ def augment_config(config: PretrainConfig, image_size: int, mean: tuple[float, .
                    std: tuple[float, ...] | None = None):
     """The AugmentConfig a run uses: the method's preset (or ``augment["preset"]``) with the overrides."""
     from workbench.augment import make_preset
+    from workbench.methods import make_method_config
 
-    overrides = dict(config.augment)
-    preset = overrides.pop("preset", config.method_class.preset)
+    cls = config.method_class
+    overrides = {**cls.augment_defaults(make_method_config(config.method, config.method_options)), **config.augment}
+    preset = overrides.pop("preset", cls.preset)
     kw: dict[str, Any] = {}
     if mean is not None:
         kw["mean"], kw["std"] = tuple(mean), tuple(std)
