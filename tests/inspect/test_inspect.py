@@ -282,6 +282,28 @@ def test_augmentation_grid_captions_follow_drawn_params():
     assert caps3 != caps
 
 
+def test_augmentation_grid_shows_and_labels_gram_teacher_views(monkeypatch):
+    import workbench.inspect.views as views_module
+    from workbench.augment import make_preset
+
+    imgs = torch.randint(0, 256, (2, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    plain = make_preset("dino", 16, local_views=1)
+    gram = make_preset("dino", 16, local_views=1, gram_scale=2.0)
+    pic, caps, vb = wi.augmentation_grid(imgs, plain, seed=0)
+    pic_g, caps_g, vb_g = wi.augmentation_grid(imgs, gram, seed=0)
+    assert len(vb_g.views) == len(vb.views) + 2  # two 32 px Gram views after the same drawn views
+    for n in range(2):
+        assert caps_g[n][:3] == caps[n]
+        for g in range(2):  # each Gram view: its global view's crop and flip, no colour op
+            assert caps_g[n][3 + g] == ", ".join(caps[n][g].split(", ")[:2 if "flip" in caps[n][g] else 1])
+    assert pic_g.shape[1] > pic.shape[1] + 2 * 32  # their columns are drawn, each at least as wide as the view
+    headed, draw = [], views_module.image_grid
+    monkeypatch.setattr(views_module, "image_grid", lambda rows, **kw: headed.append(kw["titles"][0]) or draw(rows, **kw))
+    wi.augmentation_grid(imgs, gram, seed=0)
+    assert headed[0][-2:] == ["Gram teacher: view 1 at 32 px", "Gram teacher: view 2 at 32 px"]
+    assert len(headed[0]) == 1 + len(vb_g.views)  # every column has its heading
+
+
 def test_mask_pictures_cover_the_masked_share():
     imgs = torch.full((2, 3, 16, 16), 255, dtype=torch.uint8)
     pics, mask = wi.mae_mask_images(imgs, patch_size=4, mask_ratio=0.75, seed=0)

@@ -92,6 +92,7 @@ def augmentation_grid(images: torch.Tensor, config: Any, seed: int = 0, zoom: in
     pal = palette_rgb()
     heads = ["image, crop boxes"] + [f"view {v + 1} ({'global' if v < config.num_global else 'local'}, "
                                      f"{view.size} px)" for v, view in enumerate(config.views)]
+    heads += [f"Gram teacher: view {v + 1} at {view.size} px" for v, view in enumerate(config.gram_views)]
     notes = [[(f"v{v + 1}: {c}", pal[v % len(pal)]) for v, c in enumerate(row)] for row in captions]
     return image_grid(rows, titles=[heads], notes=notes, title=title), captions, vb
 
