@@ -23,7 +23,8 @@ def test_unknown_backbone_option_lists_the_allowed_ones():
     with pytest.raises(ConfigError, match=r"model\.options: .*\['widht'\].*\['width'\]"):
         apply_overrides(PretrainConfig(), ["model.options.widht=64"])
     with pytest.raises(ConfigError, match=r"'vit_tiny' has no option\(s\) \['width'\]; allowed options: "
-                                          r"\['patch_size', 'depth', 'drop_path_rate'\]"):
+                                          r"\['patch_size', 'depth', 'drop_path_rate', 'pos_embed', 'qk_norm', "
+                                          r"'qk_norm_affine', 'layer_scale', 'rope_theta', 'rope_rescale'\]"):
         build_backbone("vit_tiny", 16, width=8)
 
 

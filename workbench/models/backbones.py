@@ -4,8 +4,10 @@ Each backbone maps images float [B, C, H, W] to pooled features [B, feature_dim]
 exposes ``forward_features`` returning the pooled vector together with spatial tokens (ViT patch
 tokens or the CNN's last feature map, flattened) for the attention and patch-similarity tools.
 ViTs also run on a subset of patches (``keep``: MAE, I-JEPA), embed crops of other sizes (multi-crop) and return
-per-layer attention. Each backbone family has an options dataclass (``SmallCNNOptions``, ``ResNetOptions``,
-``ViTOptions``) validated on creation, so a misspelt or unsupported option is an error that lists the allowed ones.
+per-layer attention; their options add the modern transformer parts (2-D RoPE, QK-norm, LayerScale, no absolute
+positions) for any ViT method (NEPA's paper model uses all four). Each backbone family has an options dataclass
+(``SmallCNNOptions``, ``ResNetOptions``, ``ViTOptions``) validated on creation, so a misspelt or unsupported option is
+an error that lists the allowed ones.
 Beside these short names, ``timm:<model_name>``, ``hf-hub:<repo>`` and ``torchvision:<resnet>`` specs build any timm
 model or torchvision ResNet, random or with pretrained / local weights (``workbench.models.external``).
 """
@@ -135,6 +137,60 @@ def capture_attention(model: nn.Module, run: Callable[[], Any]) -> list[torch.Te
     return maps
 
 
+class RopeAttention(nn.Module):
+    """timm's ViT attention (the same weights: ``qkv``, ``q_norm``, ``k_norm``, ``proj``) that rotates the queries
+    and keys of the patch tokens by 2-D RoPE after the QK-norm, as NEPA's official ``ViTNepaSelfAttention``.
+
+    ``forward(x [B, T, D], rope, is_causal)``: ``rope`` [K, 2 * head_dim] or [B, 1, K, 2 * head_dim] holds (sin, cos)
+    of the last K tokens (``ViT.rope_embed``); the T - K tokens before them (CLS, registers) are not rotated. The
+    module has no positions of its own, so a call without ``rope`` (a plain timm ``Block.forward``) is an error
+    rather than a silently position-free pass: run the blocks through ``ViT.run_blocks``. Built by timm's
+    ``VisionTransformer(attn_layer=RopeAttention)``, so it takes timm's initialisation.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, qkv_bias: bool = False, qk_norm: bool = False,
+                 scale_norm: bool = False, proj_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 norm_layer: Callable[..., nn.Module] | None = None, **dd: Any):
+        super().__init__()
+        from timm.layers import use_fused_attn
+
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.fused_attn = use_fused_attn()
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
+        self.q_norm = norm_layer(self.head_dim, **dd) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(self.head_dim, **dd) if qk_norm else nn.Identity()
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.norm = norm_layer(dim, **dd) if scale_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim, bias=proj_bias, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False,
+                rope: torch.Tensor | None = None) -> torch.Tensor:
+        from timm.layers import apply_rot_embed_cat
+
+        if rope is None:
+            raise RuntimeError("this ViT applies 2-D RoPE inside attention and a timm Block passes no positions; run "
+                               "its blocks through ViT.run_blocks(x, ViT.rope_embed(...))")
+        if attn_mask is not None:
+            raise ValueError("RopeAttention takes is_causal, not an attn_mask")
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)  # [B, heads, T, head_dim]
+        n = t - rope.shape[-2]  # prefix tokens, not rotated
+        q = torch.cat([q[:, :, :n], apply_rot_embed_cat(q[:, :, n:], rope, half=True)], dim=2).type_as(v)
+        k = torch.cat([k[:, :, :n], apply_rot_embed_cat(k[:, :, n:], rope, half=True)], dim=2).type_as(v)
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0,
+                                               is_causal=is_causal)
+        else:  # the softmax passes through attn_drop, where capture_attention reads it
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            if is_causal:
+                attn = attn.masked_fill(torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
+            x = self.attn_drop(attn.softmax(dim=-1)) @ v
+        return self.proj_drop(self.proj(self.norm(x.transpose(1, 2).reshape(b, t, d))))
+
+
 VIT_SIZES = {"vit_tiny": (192, 12, 3), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12)}
 
 
@@ -148,13 +204,27 @@ class ViT(Backbone):
     the timm model does (``forward_head(pre_logits=True)``) and returns the L patch tokens without prefix tokens.
     ``attention_maps(x)`` returns one softmax attention tensor per layer, each [B, heads, T, T] with
     T = ``num_prefix_tokens`` + L (CLS first, then registers, then patches).
+
+    Transformer options of the short names (``ViTOptions``): ``pos_embed`` (learned absolute positions added to the
+    patch embeddings, or none), ``qk_norm`` (LayerNorm over each head's queries and keys, ``qk_norm_affine`` with a
+    learned scale and shift), ``layer_scale`` (timm's LayerScale on both residual branches, ``gamma`` starting at
+    that value) and ``rope_theta`` (2-D RoPE in every attention, ``RopeAttention``: DINOv3's axial form as timm's
+    ``RotaryEmbeddingDinoV3`` builds it, patch centres at [-1, 1] on each axis, head_dim / 4 frequencies per axis
+    with periods ``rope_theta ** (4 i / head_dim)``, the whole head rotated in the rotate-half layout; prefix tokens
+    unrotated; ``rope_rescale`` R > 1 scales the coordinates by one log-uniform factor in [1/R, R] per forward
+    pass in training mode). With RoPE every pass of this class (``forward_features``, ``forward_tokens``,
+    ``encode``, ``attention_maps``, ``run_blocks``) applies it; a subset of patches (``keep``) keeps its patches'
+    grid positions.
     """
 
     kind = "vit"
 
     def __init__(self, size: str = "vit_tiny", image_size: int = 32, patch_size: int = 4, in_chans: int = 3,
-                 depth: int | None = None, drop_path_rate: float = 0.0, *, vit: nn.Module | None = None):
+                 depth: int | None = None, drop_path_rate: float = 0.0, *, vit: nn.Module | None = None,
+                 pos_embed: bool = True, qk_norm: bool = False, qk_norm_affine: bool = True,
+                 layer_scale: float | None = None, rope_theta: float | None = None, rope_rescale: float | None = None):
         super().__init__()
+        self.rope: nn.Module | None = None
         if vit is None:
             from timm.models.vision_transformer import VisionTransformer
 
@@ -164,7 +234,21 @@ class ViT(Backbone):
             dim, default_depth, heads = VIT_SIZES[size]
             vit = VisionTransformer(img_size=image_size, patch_size=patch_size, in_chans=in_chans, num_classes=0,
                                     embed_dim=dim, depth=depth or default_depth, num_heads=heads,
-                                    drop_path_rate=drop_path_rate, global_pool="token")
+                                    drop_path_rate=drop_path_rate, global_pool="token",
+                                    pos_embed="learn" if pos_embed else "none", qk_norm=qk_norm,
+                                    init_values=layer_scale, attn_layer=RopeAttention if rope_theta else "")
+            if qk_norm and not qk_norm_affine:  # timm's q/k norms are its affine LayerNorm; NEPA pretrains without
+                for blk in vit.blocks:
+                    blk.attn.q_norm = nn.LayerNorm(dim // heads, eps=1e-6, elementwise_affine=False)
+                    blk.attn.k_norm = nn.LayerNorm(dim // heads, eps=1e-6, elementwise_affine=False)
+            if rope_theta:
+                from timm.layers import RotaryEmbeddingDinoV3
+
+                self.rope = RotaryEmbeddingDinoV3(dim // heads, temperature=rope_theta, rescale_coords=rope_rescale,
+                                                  rotate_half=True)
+        elif rope_theta or qk_norm or layer_scale or not pos_embed:
+            raise ValueError("the transformer options (pos_embed, qk_norm, layer_scale, rope_theta) build the "
+                             "workbench's own ViT; a timm model passed as vit= takes its own timm arguments")
         embed = vit.patch_embed
         (ph, pw), (ih, iw) = embed.patch_size, embed.img_size
         if ph != pw or ih != iw or ih % ph:
@@ -243,20 +327,56 @@ class ViT(Backbone):
             out.append((vit.reg_token if pos is None else vit.reg_token + pos[:, i:i + r]).expand(batch, -1, -1))
         return out
 
-    def _run(self, patches: torch.Tensor, with_cls: bool = True) -> torch.Tensor:
-        """Prefix tokens + embedded patches [B, K, D] through the blocks and the final norm: [B, n + K, D]."""
+    def rope_embed(self, keep: torch.Tensor | None = None, num_patches: int | None = None) -> torch.Tensor | None:
+        """(sin, cos) of the 2-D RoPE for the patches, the ``rope`` of ``run_blocks`` (None without RoPE):
+        [L, 2 * head_dim] for the whole grid in raster order; [B, 1, K, 2 * head_dim] for the patches ``keep``
+        (int64 [B, K]) of it; for ``num_patches`` K other than L (a multi-crop of another size, square) the
+        sqrt(K) x sqrt(K) grid over the same [-1, 1] span. In training mode with ``rope_rescale`` each call draws
+        a new coordinate scale: call it once per forward pass."""
+        if self.rope is None:
+            return None
+        grid = self.grid
+        if keep is None and num_patches not in (None, self.num_patches):
+            side = round(num_patches ** 0.5)
+            if side * side != num_patches:
+                raise ValueError(f"RoPE needs the patch grid: {num_patches} patches are not the full "
+                                 f"{self.grid[0]}x{self.grid[1]} grid nor a square one; pass keep")
+            grid = (side, side)
+        emb = self.rope.get_embed(list(grid))
+        return emb if keep is None else emb[keep].unsqueeze(1)
+
+    def run_blocks(self, x: torch.Tensor, rope: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
+        """Tokens [B, T, D] (any prefix tokens first, then the patches ``rope`` covers) through the blocks, without
+        the final norm; ``is_causal``: token t attends to tokens <= t (NEPA). ``rope`` is ``rope_embed(...)``,
+        required when the ViT has RoPE."""
+        if self.rope is None:
+            for blk in self.vit.blocks:
+                x = blk(x, is_causal=is_causal)
+            return x
+        if rope is None:
+            raise ValueError("this ViT has RoPE: pass rope=self.rope_embed(...) for the patch tokens")
+        for blk in self.vit.blocks:  # timm's Block.forward with the positions handed to the attention
+            x = x + blk.drop_path1(blk.ls1(blk.attn(blk.norm1(x), is_causal=is_causal, rope=rope)))
+            x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+        return x
+
+    def _run(self, patches: torch.Tensor, with_cls: bool = True, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Prefix tokens + embedded patches [B, K, D] (the patches ``keep`` of the grid, for RoPE) through the
+        blocks and the final norm: [B, n + K, D]."""
         vit = self.vit
         prefix = self._prefix(patches.shape[0], with_cls)
         x = torch.cat([*prefix, patches], dim=1) if prefix else patches
-        return vit.norm(vit.blocks(vit.norm_pre(vit.pos_drop(x))))
+        x = self.run_blocks(vit.norm_pre(vit.pos_drop(x)), self.rope_embed(keep, patches.shape[1]))
+        return vit.norm(x)
 
-    def encode(self, patches: torch.Tensor, with_cls: bool = True) -> torch.Tensor:
+    def encode(self, patches: torch.Tensor, with_cls: bool = True, keep: torch.Tensor | None = None) -> torch.Tensor:
         """Run the transformer on embedded patches [B, K, D]; returns normed tokens [B, (1+)K, D] (registers, which
-        take part in every block, are dropped from the output)."""
+        take part in every block, are dropped from the output). ``keep`` [B, K]: which patches of the grid they
+        are (their RoPE positions; None: the whole grid, or a square crop's grid)."""
         if with_cls and not self.has_class_token:
             raise ValueError(f"this {type(self.vit).__name__} has no class token; MAE, I-JEPA and DINO's multi-crop "
                              "read one (build the timm model with class_token=True)")
-        x = self._run(patches, with_cls)
+        x = self._run(patches, with_cls, keep)
         regs = self.num_prefix_tokens - int(self.has_class_token)
         if with_cls:
             return x if regs == 0 else torch.cat([x[:, :1], x[:, 1 + regs:]], dim=1)
@@ -266,7 +386,7 @@ class ViT(Backbone):
         patches = self.patchify_embed(x)
         if keep is not None:
             patches = torch.gather(patches, 1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
-        return self.encode(patches)
+        return self.encode(patches, keep=keep)
 
     def forward_features(self, x: torch.Tensor) -> Features:
         tokens = self._run(self.patchify_embed(x))
@@ -307,17 +427,46 @@ class ResNetOptions:
 @dataclass(frozen=True)
 class ViTOptions:
     """Options of ``vit_tiny`` / ``vit_small``: ``patch_size`` in px (must divide the image size), ``depth`` =
-    number of blocks (None = the size's 12), ``drop_path_rate`` = stochastic depth rate of the last block."""
+    number of blocks (None = the size's 12), ``drop_path_rate`` = stochastic depth rate of the last block.
+
+    The transformer (defaults: the plain timm ViT): ``pos_embed`` learned absolute positions (false: none, position
+    from RoPE only); ``qk_norm`` per-head LayerNorm of queries and keys, ``qk_norm_affine`` with learned scale and
+    shift; ``layer_scale`` LayerScale's initial value on both residual branches (None: off); ``rope_theta`` 2-D RoPE
+    base period (None: off; 100 as DINOv3 and NEPA), ``rope_rescale`` its training-time coordinate rescaling factor
+    (None: off; NEPA 2). See ``ViT``; the options are recorded with a run, so checkpoints rebuild the same model."""
 
     patch_size: int = 4
     depth: int | None = None
     drop_path_rate: float = 0.0
+    pos_embed: bool = True
+    qk_norm: bool = False
+    qk_norm_affine: bool = True
+    layer_scale: float | None = None
+    rope_theta: float | None = None
+    rope_rescale: float | None = None
 
     def __post_init__(self) -> None:
-        check_range("ViTOptions", "patch_size", self.patch_size, 1)
+        o = "ViTOptions"
+        check_range(o, "patch_size", self.patch_size, 1)
         if self.depth is not None:
-            check_range("ViTOptions", "depth", self.depth, 1)
-        check_range("ViTOptions", "drop_path_rate", self.drop_path_rate, 0.0, 1.0, high_inclusive=False)
+            check_range(o, "depth", self.depth, 1)
+        check_range(o, "drop_path_rate", self.drop_path_rate, 0.0, 1.0, high_inclusive=False)
+        for name in ("pos_embed", "qk_norm", "qk_norm_affine"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{o}.{name}={getattr(self, name)!r} must be true or false")
+        if self.layer_scale is not None:
+            check_range(o, "layer_scale", self.layer_scale, 0.0, low_inclusive=False)
+        if self.rope_theta is not None:
+            check_range(o, "rope_theta", self.rope_theta, 1.0, low_inclusive=False)
+        if self.rope_rescale is not None:
+            if self.rope_theta is None:
+                raise ConfigError(f"{o}.rope_rescale={self.rope_rescale!r} needs RoPE: set rope_theta (e.g. 100)")
+            check_range(o, "rope_rescale", self.rope_rescale, 1.0)
+
+
+def _vit(size: str) -> Callable[[ViTOptions, int, int], Backbone]:
+    """Builder of the short name ``size`` from its ``ViTOptions`` (whose fields are ``ViT``'s keyword arguments)."""
+    return lambda o, image_size, chans: ViT(size, image_size, in_chans=chans, **dataclasses.asdict(o))
 
 
 # name -> (options dataclass, builder(options, image_size, in_chans))
@@ -325,10 +474,8 @@ BACKBONES: dict[str, tuple[type, Callable[[Any, int, int], Backbone]]] = {
     "small_cnn": (SmallCNNOptions, lambda o, size, chans: SmallCNN(size, chans, o.width)),
     "resnet18": (ResNetOptions, lambda o, size, chans: ResNet(18, size, chans, o.small_stem)),
     "resnet50": (ResNetOptions, lambda o, size, chans: ResNet(50, size, chans, o.small_stem)),
-    "vit_tiny": (ViTOptions, lambda o, size, chans: ViT("vit_tiny", size, o.patch_size, chans, o.depth,
-                                                        o.drop_path_rate)),
-    "vit_small": (ViTOptions, lambda o, size, chans: ViT("vit_small", size, o.patch_size, chans, o.depth,
-                                                         o.drop_path_rate)),
+    "vit_tiny": (ViTOptions, _vit("vit_tiny")),
+    "vit_small": (ViTOptions, _vit("vit_small")),
 }
 
 
