@@ -144,8 +144,9 @@ NEPA_LOSS_DROP = {"plain": 0.15, "paper": 0.05}
 def test_tiny_run_learns_to_predict_the_next_embedding(transformer, tmp_path, monkeypatch):
     from tests.methods import tiny_runs
 
-    if transformer == "paper":  # the engine records the options; the kNN read-out rebuilds the model from them
-        vit = {**tiny_runs.VIT, "options": {**tiny_runs.VIT["options"], **NEPA.model_options}}
+    if transformer == "plain":  # a run gets the paper's transformer by default (PretrainConfig); this opts out
+        plain = {"pos_embed": True, "rope_theta": None, "rope_rescale": None, "qk_norm": False, "layer_scale": None}
+        vit = {**tiny_runs.VIT, "options": {**tiny_runs.VIT["options"], **plain}}
         monkeypatch.setattr(tiny_runs, "VIT", vit)
     r = tiny_runs.tiny_knn_gain("nepa", {}, str(tmp_path))
     losses = r["losses"]
@@ -153,3 +154,21 @@ def test_tiny_run_learns_to_predict_the_next_embedding(transformer, tmp_path, mo
     print(f"\nnepa ({transformer}): loss {first:.3f} -> {last:.3f}; kNN {r['knn_pretrained']:.3f} vs random init "
           f"{r['knn_random_init']:.3f}")
     assert last < first - NEPA_LOSS_DROP[transformer], losses
+
+
+def test_a_nepa_run_builds_the_papers_transformer_unless_told_otherwise():
+    from workbench.train import DataConfig, ModelConfig, PretrainConfig
+
+    def options(method="nepa", backbone="vit_tiny", given=None):
+        cfg = PretrainConfig(method=method, data=DataConfig(name="shapes", image_size=32),
+                             model=ModelConfig(backbone, {"patch_size": 8, **(given or {})}), out="unused")
+        return cfg.model.options
+
+    paper = options()
+    assert paper == {**NEPA.model_options, "patch_size": 8}  # recorded in the run's config: checkpoints rebuild it
+    plain = {"pos_embed": True, "rope_theta": None, "rope_rescale": None, "qk_norm": False, "layer_scale": None}
+    assert options(given=plain) == {**NEPA.model_options, **plain, "patch_size": 8}  # the run's own options win
+    assert options(method="mae") == {"patch_size": 8}  # other methods keep the plain ViT
+    again = PretrainConfig(method="nepa", data=DataConfig(name="shapes", image_size=32),
+                           model=ModelConfig("vit_tiny", paper), out="unused")
+    assert again.model.options == paper  # merging is idempotent (a reloaded config stays the same)

@@ -15,7 +15,7 @@ import torch
 
 from workbench.cli import main
 from workbench.models import build_backbone
-from workbench.trained import load_backbone, load_trained
+from workbench.trained import Trained, load_backbone, load_trained
 from workbench.trained.export import export_backbone
 
 # What a user writes after reading backbone.json (the module docstring of workbench/trained/export.py): no workbench.
@@ -148,5 +148,10 @@ def test_export_refuses_what_it_cannot_write(tmp_path, capsys):
     bare = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))
     with pytest.raises(ValueError, match="cannot describe a Sequential"):
         export_backbone(bare, tmp_path)
+    options = {"patch_size": 8, "depth": 1, "pos_embed": False, "rope_theta": 100.0}
+    nepa_vit = Trained(build_backbone("vit_tiny", 32, **options), backbone_name="vit_tiny", backbone_options=options,
+                       image_size=32, in_chans=3)
+    with pytest.raises(ValueError, match=r"transformer options \{'pos_embed': False, 'rope_theta': 100.0\}"):
+        export_backbone(nepa_vit, tmp_path)  # timm's plain ViT has no RoPE: refused, not exported wrong
     assert main(["export", str(tmp_path / "no-such-run")]) == 2
     assert "neither a run folder nor a checkpoint file" in capsys.readouterr().err

@@ -131,6 +131,9 @@ class Method(nn.Module):
     requires_vit: ClassVar[bool] = False
     min_batch_size: ClassVar[int] = 2
     sync_batchnorm: ClassVar[bool] = True
+    # backbone options of the method's paper for the workbench's own ViTs (ViTOptions fields), merged under a run's
+    # model.options by PretrainConfig, so the run records (and checkpoints rebuild) the model it trained
+    model_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, backbone: Backbone, config: Any):
         super().__init__()

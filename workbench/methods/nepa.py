@@ -32,10 +32,11 @@ apply the same RoPE (``ViT.run_blocks``), so evaluation reads the model that was
 LayerNorms use eps 1e-12 (timm's 1e-6 here), and its initialisation (truncated normal 0.02 for every linear and conv
 layer and the CLS token) differs from timm's ViT init in the patch-embedding conv and the CLS token (std 1e-6).
 
-A run takes its backbone options from ``model.options``, which the run config fills from nothing but what it is
-given: pass ``NEPA.model_options`` there (with ``patch_size``/``depth``) for the paper's model. Without RoPE the
-backbone is the plain ablation (the workbench's timm ViT with learned absolute positions, made causal by the mask
-only), and building NEPA on it warns. At the CPU test budget (tests/methods/test_nepa.py) LayerScale's 1e-5 start
+A run builds this transformer by default: ``PretrainConfig`` merges ``NEPA.model_options`` under the run's own
+``model.options`` (recorded with the run, so checkpoints rebuild it). The plain ablation (the workbench's timm ViT
+with learned absolute positions, made causal by the mask only) is ``model.options`` ``{"pos_embed": True,
+"rope_theta": None, "rope_rescale": None, "qk_norm": False, "layer_scale": None}``; building NEPA on a ViT without
+RoPE warns. At the CPU test budget (tests/methods/test_nepa.py) LayerScale's 1e-5 start
 slows the loss's fall (0.08-0.11 in 2 tiny epochs against 0.24-0.29 for the plain ViT, 0.27 without LayerScale).
 
 Read-out: the CLS token sits first, so under the causal mask it attends only to itself and its output is the same

@@ -236,6 +236,7 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         from workbench.config import from_dict
         from workbench.methods import make_method_config, method_class
+        from workbench.models.external import is_spec
 
         o = "PretrainConfig"
         for fname, cls in (("data", DataConfig), ("model", ModelConfig), ("train", TrainConfig)):
@@ -252,6 +253,9 @@ class PretrainConfig:
         if cls.requires_vit and not self.model.is_vit:
             raise ConfigError(f"method {self.method!r} needs a ViT backbone; model.backbone={self.model.backbone!r} "
                               f"is a CNN. Use model.backbone='vit_tiny' (or 'vit_small')")
+        if cls.model_options and self.model.is_vit and not is_spec(self.model.backbone):
+            # the paper's transformer (e.g. NEPA's RoPE, QK-norm, LayerScale) unless the run's options say otherwise
+            self.model = ModelConfig(self.model.backbone, {**cls.model_options, **self.model.options})
         vit_only = {k: getattr(self.train, k) for k in ("layer_decay", "patch_embed_lr_mult")
                     if getattr(self.train, k) not in (None, 1.0)}
         if vit_only and not self.model.is_vit:

@@ -39,6 +39,8 @@ from workbench.trained.source import Trained, load_trained
 
 FORMATS = {"safetensors": "backbone.safetensors", "torch": "backbone.pt"}
 TIMM_VIT_NAMES = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224"}
+# ViTOptions transformer fields at the values timm's plain VisionTransformer has (anything else is not exportable)
+PLAIN_VIT = {"pos_embed": True, "qk_norm": False, "layer_scale": None, "rope_theta": None, "rope_rescale": None}
 EXPORT_VERSION = 1
 
 
@@ -65,6 +67,11 @@ def describe(trained: Trained) -> tuple[dict[str, Any], dict[str, torch.Tensor]]
         weights = _stripped(bb, "vit." if isinstance(bb, ViT) else "model.")
     elif isinstance(bb, ViT) and name in TIMM_VIT_NAMES:
         o = trained.backbone_options
+        changed = {k: o[k] for k, plain in PLAIN_VIT.items() if k in o and o[k] != plain}
+        if changed:  # e.g. NEPA's transformer: timm's VisionTransformer has no 2-D RoPE to load these weights into
+            raise ValueError(f"cannot export this {name} as timm's {TIMM_VIT_NAMES[name]}: its transformer options "
+                             f"{changed} (RoPE / QK-norm / LayerScale / no absolute positions) have no equivalent "
+                             "there; read the run itself instead (workbench.trained.load_trained(run))")
         kwargs = {"img_size": bb.image_size, "patch_size": bb.patch_size, "in_chans": bb.in_chans,
                   "depth": bb.num_layers, "num_classes": 0}
         if o.get("drop_path_rate"):
