@@ -172,3 +172,41 @@ def test_a_nepa_run_builds_the_papers_transformer_unless_told_otherwise():
     again = PretrainConfig(method="nepa", data=DataConfig(name="shapes", image_size=32),
                            model=ModelConfig("vit_tiny", paper), out="unused")
     assert again.model.options == paper  # merging is idempotent (a reloaded config stays the same)
+
+
+def test_a_nepa_run_recorded_on_the_plain_vit_still_rebuilds_its_method(tmp_path):
+    """A run recorded before NEPA's paper transformer became its default holds only the plain options: loading its
+    method must rebuild the plain ViT its weights belong to, not gain the new defaults."""
+    import workbench.data as data_pkg
+    from workbench.data import base
+    from workbench.train import DataConfig, ModelConfig, PretrainConfig, TrainConfig, pretrain
+    from workbench.train.checkpoint import config_hash
+    from workbench.trained import load_trained
+
+    plain = {"pos_embed": True, "rope_theta": None, "rope_rescale": None, "qk_norm": False, "layer_scale": None}
+    images = data_pkg.load("shapes", split="train", size=16, n=32, seed=0)
+    base._REGISTRY["shapes_nepa_old"] = lambda split="train", **_: images
+    try:
+        with pytest.warns(UserWarning, match="plain-ViT ablation"):
+            run = pretrain(PretrainConfig(method="nepa", data=DataConfig(name="shapes_nepa_old"),
+                                          model=ModelConfig("vit_tiny", {"depth": 1, "patch_size": 4, **plain}),
+                                          train=TrainConfig(epochs=1, batch_size=16, knn_every=0, progress="off",
+                                                            device="cpu"),
+                                          out=str(tmp_path)))
+    finally:
+        base._REGISTRY.pop("shapes_nepa_old", None)
+    import json
+
+    path, config_path = run.path / "checkpoints" / "last.pt", run.path / "config.json"
+    ckpt, config = torch.load(path, weights_only=False), json.loads(config_path.read_text())
+    for record in (ckpt["config"]["model"]["options"], ckpt["info"]["backbone_options"],
+                   ckpt["identity"]["backbone_options"], config["model"]["options"]):
+        for key in {*plain, *NEPA.model_options}:  # what an older version recorded: patch_size and depth only
+            record.pop(key, None)
+        assert record == {"depth": 1, "patch_size": 4}
+    ckpt["identity"]["config_hash"] = config_hash(ckpt["config"])  # as the older version computed it
+    torch.save(ckpt, path)
+    config_path.write_text(json.dumps(config))
+    with pytest.warns(UserWarning, match="plain-ViT ablation"):
+        method = load_trained(path).method()
+    assert method.backbone.rope is None and method.backbone.vit.pos_embed is not None

@@ -49,9 +49,14 @@ def _normalised(config: dict[str, Any]) -> dict[str, Any]:
     from workbench.train.config import PretrainConfig
 
     try:
-        return to_dict(from_dict(PretrainConfig, config))
+        filled = to_dict(from_dict(PretrainConfig, config))
     except (ValueError, TypeError):  # an old or hand-edited config: compare it as written
         return dict(config)
+    model = config.get("model")
+    if isinstance(model, dict) and isinstance(model.get("options"), dict):
+        # backbone options as recorded: a method's model_options added since (NEPA's RoPE) describe new runs only
+        filled["model"]["options"] = dict(model["options"])
+    return filled
 
 
 def _identity_parts(config: dict[str, Any]) -> dict[str, Any]:

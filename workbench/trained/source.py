@@ -98,7 +98,7 @@ class Trained:
                              "trained Method")
         from workbench.config import from_dict
         from workbench.models.external import without_weights
-        from workbench.train.config import PretrainConfig
+        from workbench.train.config import ModelConfig, PretrainConfig
         from workbench.train.setup import build_method_for
 
         ckpt = read_checkpoint(self.checkpoint)
@@ -106,7 +106,11 @@ class Trained:
         model = config.get("model") or {}
         if "backbone" in model:  # the weights come from the checkpoint: no download, no weights file needed
             model["options"] = without_weights(model["backbone"], model.get("options") or {})
-        method = build_method_for(from_dict(PretrainConfig, config), self.image_size, self.in_chans)
+        run_config = from_dict(PretrainConfig, config)
+        if "backbone" in model:  # the options the weights were trained with (a run recorded before a method's
+            # model_options existed must not gain them now: e.g. a NEPA run on the plain ViT)
+            run_config.model = ModelConfig(model["backbone"], without_weights(model["backbone"], self.backbone_options))
+        method = build_method_for(run_config, self.image_size, self.in_chans)
         method.load_state_dict(ckpt["method"])
         return method.eval()
 
