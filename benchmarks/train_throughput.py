@@ -5,6 +5,8 @@ SimCLRProjectionHead), with the same backbone, batch and image size, in one proc
     python benchmarks/train_throughput.py                                   # CPU: all methods x small_cnn, resnet18
     python benchmarks/train_throughput.py --methods simclr --backbones resnet18 --steps 10
     python benchmarks/train_throughput.py --device cuda --precision bf16 --compile --batch-size 512
+    python benchmarks/train_throughput.py --methods simclr --backbones small_cnn --batch-size 256 --steps 5 \
+        --precision bf16 --repeats 5        # ours vs lightly's example, 5 alternating pairs, ratio of the medians
 
 Engine figures come from the engine's own step timing (metrics.jsonl ``images_per_s``) over the last
 ``--steps`` steps, after ``--steps`` warm-up steps (data generation, model build and compile excluded).
@@ -198,7 +200,11 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=3, help="timed steps (after as many warm-up steps)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="lightly DataLoader workers")
     p.add_argument("--no-lightly", action="store_true", help="skip the lightly-style SimCLR comparison")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="SimCLR pairs (ours, then lightly's) to measure; with > 1 the ratio of the medians is printed")
     args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error(f"--repeats={args.repeats}: give 1 or more")
 
     import workbench.data as data_pkg
     from workbench.data import base
@@ -217,32 +223,50 @@ def main(argv=None) -> int:
         emit({**common, "peak": name, "peak_gflops_per_s": value / 1e9})
     with tempfile.TemporaryDirectory() as out:
         for backbone in args.backbones.split(","):
-            ours_simclr = None
+            ours_simclr: list[float] = []
+            lightly_simclr: list[float] = []
             for method in args.methods.split(","):
-                bb = backbone
-                if method in VIT_ONLY:
-                    bb = "vit_tiny"
-                try:
-                    r = engine_throughput(method, bb, args, "shapes_bench", out)
-                except Exception as e:  # report and go on with the other methods
-                    emit({**common, "impl": "workbench", "method": method, "backbone": bb, "error": repr(e)})
-                    continue
-                r["mfu"] = r["achieved_gflops_per_s"] * 1e9 / peaks[r["precision_used"]]
-                emit({**common, "impl": "workbench", "method": method, "backbone": bb, **r})
-                if method == "simclr":
-                    ours_simclr = r["images_per_s"]
-            if args.no_lightly or ours_simclr is None:
-                continue
-            try:
-                r = lightly_simclr_throughput(backbone, args, cache["train"].images)
-            except Exception as e:
-                emit({**common, "impl": "lightly-example", "method": "simclr", "backbone": backbone, "error": repr(e)})
-                continue
-            emit({**common, "impl": "lightly-example", "method": "simclr", "backbone": backbone,
-                  "precision_used": args.lightly_precision, **r})
-            emit({**common, "comparison": "workbench/lightly-example", "method": "simclr", "backbone": backbone,
-                  "ratio": ours_simclr / r["images_per_s"]})
+                bb = "vit_tiny" if method in VIT_ONLY else backbone
+                paired = method == "simclr" and not args.no_lightly
+                for repeat in range(args.repeats if paired else 1):
+                    try:
+                        r = engine_throughput(method, bb, args, "shapes_bench", out)
+                    except Exception as e:  # report and go on with the other methods
+                        emit({**common, "impl": "workbench", "method": method, "backbone": bb, "error": repr(e)})
+                        break
+                    r["mfu"] = r["achieved_gflops_per_s"] * 1e9 / peaks[r["precision_used"]]
+                    emit({**common, "impl": "workbench", "method": method, "backbone": bb, "repeat": repeat, **r})
+                    if method == "simclr":
+                        ours_simclr.append(r["images_per_s"])
+                    if paired:  # lightly's run right after ours, so that both see the same machine load
+                        lightly_pair(backbone, args, cache["train"].images, common, repeat, ours_simclr,
+                                     lightly_simclr)
     return 0
+
+
+def lightly_pair(backbone: str, args, images: torch.Tensor, common: dict, repeat: int, ours: list[float],
+                 theirs: list[float]) -> None:
+    """Measure lightly's example once after our ``repeat``-th SimCLR run (appended to ``theirs``) and emit the
+    pair's ratio; after the last repeat also the ratio of the medians (a shared machine moves both sides by 20-30 %
+    from run to run, so one pair is not a verdict)."""
+    from statistics import median
+
+    try:
+        r = lightly_simclr_throughput(backbone, args, images)
+    except Exception as e:
+        emit({**common, "impl": "lightly-example", "method": "simclr", "backbone": backbone, "error": repr(e)})
+        return
+    theirs.append(r["images_per_s"])
+    emit({**common, "impl": "lightly-example", "method": "simclr", "backbone": backbone, "repeat": repeat,
+          "precision_used": args.lightly_precision, **r})
+    emit({**common, "comparison": "workbench/lightly-example", "method": "simclr", "backbone": backbone,
+          "repeat": repeat, "ratio": ours[-1] / r["images_per_s"]})
+    if repeat == args.repeats - 1 and args.repeats > 1:
+        ratios = [a / b for a, b in zip(ours, theirs)]
+        emit({**common, "comparison": "workbench/lightly-example, medians", "method": "simclr", "backbone": backbone,
+              "repeats": len(ratios), "ours_median_images_per_s": median(ours),
+              "lightly_median_images_per_s": median(theirs), "ratio": median(ours) / median(theirs),
+              "pair_ratio_min": min(ratios), "pair_ratio_median": median(ratios), "pair_ratio_max": max(ratios)})
 
 
 if __name__ == "__main__":
