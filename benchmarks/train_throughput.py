@@ -194,7 +194,7 @@ def main(argv=None) -> int:
                    help="lightly's example trains in fp32; bf16 shows what autocast alone gives it")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
-                   help="the engine's train.channels_last (auto: on for CNNs on CUDA)")
+                   help="the engine's train.channels_last (auto: on for CNNs on CUDA and in bf16 on a CPU)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=3, help="timed steps (after as many warm-up steps)")

@@ -171,3 +171,23 @@ def test_start_pretrain_runs_in_the_background_and_stops_on_request(blobs_data, 
     assert status_text(run.status) == "stopped at epoch 0.5 of 50"
     assert events == [("start", 200), ("step", 1), ("step", 2), ("end", "stopped")]
     assert torch.load(run.checkpoint_path("last"), weights_only=True)["step"] == 2
+
+
+# ---------------------------------------------------------------------------------------------- memory format
+def test_channels_last_auto_is_on_for_cnns_in_bf16_on_a_cpu_and_changes_no_result(blobs_data, tmp_path):
+    from workbench.train.setup import use_channels_last
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_channels_last("auto", True, cpu, torch.bfloat16) and use_channels_last("auto", True, cuda, None)
+    assert not use_channels_last("auto", True, cpu, None) and not use_channels_last("auto", False, cpu, torch.bfloat16)
+    assert use_channels_last("on", False, cpu, None) and not use_channels_last("off", True, cuda, torch.bfloat16)
+    losses = {}
+    for setting in ("auto", "off"):
+        run = pretrain(tiny(blobs_data, tmp_path / setting, method="simclr", precision="bf16", channels_last=setting,
+                            seed=3))
+        assert load_trained(run).info["channels_last"] is (setting == "auto")
+        losses[setting] = [r["loss"] for r in run.metrics() if r["kind"] == "step"]
+    # the memory format changes the kernels' summation order only: the same run, to bf16 rounding
+    assert losses["auto"] == pytest.approx(losses["off"], rel=0.02)
+    fp32 = pretrain(tiny(blobs_data, tmp_path / "fp32", method="simclr", precision="fp32"))
+    assert load_trained(fp32).info["channels_last"] is False

@@ -112,7 +112,7 @@ class TrainConfig:
 
     precision "auto": bf16 autocast on CUDA, fp32 on a CPU ("bf16" opts in there: about twice fp32's speed on CPUs
     with native bf16, see ``workbench.device.autocast_dtype`` for what it changes; "fast": bf16 where it is native,
-    fp32 where it would be emulated). channels_last "auto": on for CNNs on CUDA.
+    fp32 where it would be emulated). channels_last "auto": on for CNNs on CUDA, and in bf16 on a CPU.
     ``max_steps`` stops early (the schedule still spans ``epochs``), e.g. to resume later.
     Checkpoints: ``checkpoints/last.pt`` every ``checkpoint_every`` epochs, every ``checkpoint_steps`` steps (None:
     epoch ends only) and at the end; ``keep_checkpoints`` K > 0 also keeps the newest K of them as
