@@ -14,6 +14,21 @@ contrast jitter, bf16 autocast where the hardware computes it natively (``--prec
 the budget: a short calibration run measures images/s, then the epochs
 that fit in the budget less calibration and an evaluation reserve (a quarter, at most 4 minutes) are used.
 
+Measured (seed 0, ``--epochs 6 --width 32`` and the knob shown, AdamW 2e-3 for every method; raw pixels: linear
+0.845, kNN 0.857; random init 0.822 / 0.822). The knobs move the linear probe within +-0.005 and leave kNN at
+0.860-0.864: kNN >= 0.88 is not reached at this budget. BYOL and VICReg (their own method options) trail SimCLR with
+this optimizer recipe and do not beat raw pixels on kNN:
+
+    | method, knob                            | linear | kNN k=20 |
+    |-----------------------------------------|--------|----------|
+    | SimCLR, the default knobs (crops 0.3)   | 0.888  | 0.864    |
+    | SimCLR, crops (0.5, 1)                  | 0.885  | 0.864    |
+    | SimCLR, crops (0.5, 1), temperature 0.1 | 0.884  | 0.860    |
+    | SimCLR, batch 128                       | 0.893  | 0.862    |
+    | SimCLR, batch 64, base lr 4e-3          | 0.886  | 0.864    |
+    | BYOL (its own options)                  | 0.851  | 0.827    |
+    | VICReg (its own options)                | 0.835  | 0.810    |
+
     .venv/bin/python benchmarks/quality.py                       # full: ~15 min on a 2-core CPU
     .venv/bin/python benchmarks/quality.py --budget-minutes 1 --data-option n=2000   # smoke check
     .venv/bin/python benchmarks/quality.py --backbone resnet18 --budget-minutes 30   # on a GPU
