@@ -236,9 +236,8 @@ def main(argv=None) -> int:
                         break
                     r["mfu"] = r["achieved_gflops_per_s"] * 1e9 / peaks[r["precision_used"]]
                     emit({**common, "impl": "workbench", "method": method, "backbone": bb, "repeat": repeat, **r})
-                    if method == "simclr":
-                        ours_simclr.append(r["images_per_s"])
                     if paired:  # lightly's run right after ours, so that both see the same machine load
+                        ours_simclr.append(r["images_per_s"])
                         lightly_pair(backbone, args, cache["train"].images, common, repeat, ours_simclr,
                                      lightly_simclr)
     return 0
@@ -253,15 +252,17 @@ def lightly_pair(backbone: str, args, images: torch.Tensor, common: dict, repeat
 
     try:
         r = lightly_simclr_throughput(backbone, args, images)
-    except Exception as e:
+    except Exception as e:  # the pair is dropped, so that ours and theirs stay paired
         emit({**common, "impl": "lightly-example", "method": "simclr", "backbone": backbone, "error": repr(e)})
-        return
-    theirs.append(r["images_per_s"])
-    emit({**common, "impl": "lightly-example", "method": "simclr", "backbone": backbone, "repeat": repeat,
-          "precision_used": args.lightly_precision, **r})
-    emit({**common, "comparison": "workbench/lightly-example", "method": "simclr", "backbone": backbone,
-          "repeat": repeat, "ratio": ours[-1] / r["images_per_s"]})
-    if repeat == args.repeats - 1 and args.repeats > 1:
+        ours.pop()
+        r = None
+    if r is not None:
+        theirs.append(r["images_per_s"])
+        emit({**common, "impl": "lightly-example", "method": "simclr", "backbone": backbone, "repeat": repeat,
+              "precision_used": args.lightly_precision, **r})
+        emit({**common, "comparison": "workbench/lightly-example", "method": "simclr", "backbone": backbone,
+              "repeat": repeat, "ratio": ours[-1] / r["images_per_s"]})
+    if repeat == args.repeats - 1 and args.repeats > 1 and theirs:
         ratios = [a / b for a, b in zip(ours, theirs)]
         emit({**common, "comparison": "workbench/lightly-example, medians", "method": "simclr", "backbone": backbone,
               "repeats": len(ratios), "ours_median_images_per_s": median(ours),
