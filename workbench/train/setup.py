@@ -313,7 +313,7 @@ def ddp_step(method: nn.Module, device: torch.device, compile: bool = False, com
 def use_channels_last(setting: str, is_cnn: bool, device: torch.device, amp_dtype: torch.dtype | None) -> bool:
     """train.channels_last resolved: "on"/"off" as given; "auto" for CNNs on CUDA, and on a CPU in bf16 (oneDNN's
     bf16 convolutions: +30 % images/s for SimCLR on the small CNN at batch 256, ``benchmarks/train_throughput.py
-    --repeats 5``; per-epoch losses within 0.002 of the default layout's on seeds 0-2)."""
+    --repeats 5``; per-epoch losses within 0.002 of the contiguous layout's on seeds 0-2)."""
     if setting != "auto":
         return setting == "on"
     return is_cnn and (device.type == "cuda" or amp_dtype is not None)
