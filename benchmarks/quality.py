@@ -68,6 +68,9 @@ def build_config(args: argparse.Namespace, method: str, epochs: int, max_steps: 
         options[k] = parse_value(v)
     model_options = {"width": args.width} if args.backbone == "small_cnn" else {}
     augment = {"scale": [args.crop_min, 1.0]}
+    if args.local_views:  # SimCLR multi-crop: the crop floor applies to the global views only
+        augment = {"global_scale": [args.crop_min, 1.0], "local_views": args.local_views,
+                   "local_size": args.local_size, "local_scale": [args.local_crop_min, args.crop_min]}
     return PretrainConfig(
         method=method,
         method_options=json.loads(args.method_options) if args.method_options else METHOD_OPTIONS.get(method, {}),
@@ -102,6 +105,11 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=1e-5)
     ap.add_argument("--warmup-epochs", type=float, default=0.2)
     ap.add_argument("--crop-min", type=float, default=0.3, help="smallest crop area fraction")
+    ap.add_argument("--local-views", type=int, default=0,
+                    help="SimCLR multi-crop: local crops per image besides the two global views (SwAV's multi-crop)")
+    ap.add_argument("--local-size", type=int, default=12, help="side of the local crops, pixels")
+    ap.add_argument("--local-crop-min", type=float, default=0.05,
+                    help="smallest local crop area fraction (the largest is --crop-min)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="fast",

@@ -143,6 +143,17 @@ def test_dino_local_crops():
     assert len(make_preset("dino", 32, local_views=0).views) == 2
 
 
+def test_simclr_multi_crop_keeps_its_colour_recipe_on_smaller_local_crops():
+    plain = make_preset("simclr", 28)
+    assert len(plain.views) == 2 and plain.views[0].scale == (0.08, 1.0)  # no local crops unless asked
+    cfg = make_preset("simclr", 28, local_views=3, local_size=12, global_scale=(0.3, 1.0), local_scale=(0.05, 0.3))
+    assert [v.size for v in cfg.views] == [28, 28, 12, 12, 12] and cfg.num_global == 2
+    assert cfg.views[0].scale == (0.3, 1.0) and cfg.views[4].scale == (0.05, 0.3)
+    assert all(v.jitter_p == 0.8 and v.brightness == 0.8 for v in cfg.views)
+    vb = generate_views(_u8(b=4, s=28), cfg, _gen(0))
+    assert [tuple(v.shape[-2:]) for v in vb.views] == [(28, 28)] * 2 + [(12, 12)] * 3
+
+
 @pytest.mark.parametrize("image_size,blur", [(96, (1.0, 0.1)), (32, (0.0, 0.0))])
 def test_byol_asymmetry_in_drawn_params(image_size, blur):
     cfg = make_preset("byol", image_size, size=8)  # tiny views: only the draw frequencies matter here
@@ -176,7 +187,9 @@ def test_overrides_apply_to_every_view_and_views_replace():
     with pytest.raises(ConfigError, match="jiter_p"):
         make_preset("simclr", 32, jiter_p=0.1)
     with pytest.raises(ConfigError, match="local_views"):
-        make_preset("simclr", 32, local_views=2)  # dino-only option
+        make_preset("byol", 32, local_views=2)  # a multi-crop key of dino and simclr only
+    with pytest.raises(ConfigError, match="local_size"):
+        make_preset("simclr", 32, local_views=2, local_size=0)
     with pytest.raises(ConfigError, match="simclr"):
         make_preset("simclr2", 32)
 

@@ -278,6 +278,30 @@ def test_a_step_with_queue_and_mochi_makes_no_host_sync():
         nt_xent_loss(torch.randn(6, 16), torch.randn(6, 16), mochi=(13, 1, 0), queue=m.queue.rows[0])
 
 
+def test_multi_crop_loss_is_the_mean_over_global_and_local_pairs():
+    """Two global views and two 8 px local crops: the step's loss is the mean of NT-Xent over (x1, x2) and each
+    local crop with each global view, recomputed here from the projector's outputs."""
+    torch.manual_seed(0)
+    m = build_method("simclr", tiny_cnn(), {"proj_hidden_dim": 32, "proj_output_dim": 16})
+    seen = []
+    m.projector.register_forward_hook(lambda mod, inp, out: seen.append(out.detach()))
+    out = m.training_step(Batch(views(b=6, n_local=2), 2), progress())
+    z1, z2, l1, l2 = seen
+    pairs = [(z1, z2), (l1, z1), (l1, z2), (l2, z1), (l2, z2)]
+    ref = sum(nt_xent_loss(a, b, 0.2) for a, b in pairs) / 5
+    torch.testing.assert_close(out.loss.detach(), ref, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(ref, nt_xent_loss(z1, z2, 0.2))  # the local crops did change the loss
+    out.loss.backward()
+
+
+def test_projector_batch_norm_option():
+    plain = build_method("simclr", tiny_cnn(), {"proj_hidden_dim": 32, "proj_output_dim": 16})
+    with_bn = build_method("simclr", tiny_cnn(), {"proj_hidden_dim": 32, "proj_output_dim": 16,
+                                                  "projector_batch_norm": True})
+    assert not any(isinstance(x, torch.nn.BatchNorm1d) for x in plain.projector)
+    assert [type(x).__name__ for x in with_bn.projector] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+
+
 def test_queue_config_errors():
     with pytest.raises(ConfigError, match="queue_length"):
         SimCLRConfig(queue_length=-1)

@@ -145,10 +145,25 @@ def _strong(size: int) -> dict[str, Any]:
     return dict(size=size, jitter_p=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, grayscale_p=0.2)
 
 
+def _local_crops(size: int, extra: dict[str, Any], name: str, default_views: int) -> tuple[int, int, tuple, tuple]:
+    """Multi-crop keys shared by the presets that take them: (local_views, local_size, global_scale, local_scale);
+    local crops default to ~3/8 of the global size and scale (0.05, 0.4) (DINO, SwAV)."""
+    n_local = extra.pop("local_views", default_views)
+    local_size = extra.pop("local_size", max(4, int(round(size * 3 / 8))))
+    if not isinstance(n_local, int) or isinstance(n_local, bool) or n_local < 0:
+        raise ConfigError(f"make_preset({name!r}).local_views={n_local!r} must be an integer >= 0")
+    if not isinstance(local_size, int) or isinstance(local_size, bool) or local_size < 1:
+        raise ConfigError(f"make_preset({name!r}).local_size={local_size!r} must be a positive integer (pixels)")
+    return n_local, local_size, tuple(extra.pop("global_scale", (0.08, 1.0) if name == "simclr" else (0.4, 1.0))), \
+        tuple(extra.pop("local_scale", (0.05, 0.4)))
+
+
 def _simclr(size: int, small: bool, extra: dict[str, Any]) -> tuple[list[ViewOps], int]:
-    view = ViewOps(size=size, scale=(0.08, 1.0), jitter_p=0.8, brightness=0.8, contrast=0.8, saturation=0.8,
+    n_local, local_size, global_scale, local_scale = _local_crops(size, extra, "simclr", 0)
+    view = ViewOps(size=size, scale=global_scale, jitter_p=0.8, brightness=0.8, contrast=0.8, saturation=0.8,
                    hue=0.2, grayscale_p=0.2, blur_p=0.0 if small else 0.5)
-    return [view, dataclasses.replace(view)], 2
+    local = dataclasses.replace(view, size=local_size, scale=local_scale)
+    return [view, dataclasses.replace(view)] + [dataclasses.replace(local) for _ in range(n_local)], 2
 
 
 def _byol(size: int, small: bool, extra: dict[str, Any]) -> tuple[list[ViewOps], int]:
@@ -159,12 +174,7 @@ def _byol(size: int, small: bool, extra: dict[str, Any]) -> tuple[list[ViewOps],
 
 
 def _dino(size: int, small: bool, extra: dict[str, Any]) -> tuple[list[ViewOps], int]:
-    n_local = extra.pop("local_views", 6)
-    local_size = extra.pop("local_size", max(4, int(round(size * 3 / 8))))
-    global_scale = tuple(extra.pop("global_scale", (0.4, 1.0)))
-    local_scale = tuple(extra.pop("local_scale", (0.05, 0.4)))
-    if not isinstance(n_local, int) or isinstance(n_local, bool) or n_local < 0:
-        raise ConfigError(f"make_preset('dino').local_views={n_local!r} must be an integer >= 0")
+    n_local, local_size, global_scale, local_scale = _local_crops(size, extra, "dino", 6)
     base = _strong(size)
     g1 = ViewOps(**base, scale=global_scale, blur_p=1.0)
     g2 = ViewOps(**base, scale=global_scale, blur_p=0.1, solarize_p=0.2)
@@ -184,7 +194,8 @@ def _none(size: int, small: bool, extra: dict[str, Any]) -> tuple[list[ViewOps],
 _PRESETS: dict[str, Callable[[int, bool, dict[str, Any]], tuple[list[ViewOps], int]]] = {
     "simclr": _simclr, "byol": _byol, "dino": _dino, "mae": _mae, "none": _none,
 }
-_PRESET_KEYS = {"dino": ("local_views", "local_size", "global_scale", "local_scale")}
+_MULTI_CROP_KEYS = ("local_views", "local_size", "global_scale", "local_scale")
+_PRESET_KEYS = {"dino": _MULTI_CROP_KEYS, "simclr": _MULTI_CROP_KEYS}
 
 
 def known_presets() -> list[str]:
@@ -198,7 +209,7 @@ def make_preset(name: str, image_size: int, mean: tuple[float, ...] = IMAGENET_M
 
     Overrides: any ViewOps field (applied to every view, e.g. ``jitter_p=0.0``), ``views=[...]``
     (full replacement: ViewOps or dicts), ``num_global``, ``gram_scale`` (DINOv3's Gram-teacher crops, see
-    ``AugmentConfig``), and for dino ``local_views``,
+    ``AugmentConfig``), and for dino and simclr the multi-crop keys ``local_views`` (dino 6, simclr 0),
     ``local_size``, ``global_scale``, ``local_scale``. Images <= 64 px use the solo-learn CIFAR recipes.
     """
     check_choice("make_preset", "name", name, known_presets())

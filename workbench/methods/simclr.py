@@ -9,6 +9,8 @@ Pseudo-code, as written here::
     logits = a @ c.T / t, with each anchor's own column removed
     queue (MoCo, He et al. 2020): logits += a @ queue.T / t; after the loss, enqueue normalize(gather(z2)), FIFO
     loss = cross_entropy(logits, column of the other view of the same image)           # NT-Xent
+    multi-crop (Caron et al. 2020, SwAV Sec. 3.2 / Table 3 applies it to SimCLR): local crops l_1..l_V after the two
+          global views; loss = mean of NT-Xent over the pairs (x1, x2), (l_v, x1), (l_v, x2)
     dcl:  loss = mean(-w * pos / t + logsumexp(logits without the positive column))   # DCL; w = 1
     dclw: w = 2 - exp(pos / sigma) / mean_batch(exp(pos / sigma))                       # DCLW weighting
     mochi (Kalantidis et al., 2020): per anchor, mix its N hardest negatives (among the queue when there is one,
@@ -43,7 +45,10 @@ class SimCLRConfig:
     (N, s, s'); it uses e.g. (1024, 1024, 512) over a 65k queue). ``queue_length`` > 0 adds MoCo's queue of past
     keys (each step's second-view projections, gathered across ranks, enqueued after the loss; it starts full of
     random unit vectors, as MoCo's) as extra negatives of every anchor, and MoCHi then mixes from the queue as its
-    paper does; without a queue it mixes among the 2N - 2 in-batch negatives."""
+    paper does; without a queue it mixes among the 2N - 2 in-batch negatives. ``projector_batch_norm``: BN after
+    the projector's hidden layer (the paper's official code has it; solo-learn's CIFAR recipe does not).
+    Multi-crop needs no option here: local crops drawn by the augmentation (``local_views`` > 0 in the simclr
+    preset) are each paired with both global views."""
 
     proj_hidden_dim: int = 2048
     proj_output_dim: int = 256
@@ -54,6 +59,7 @@ class SimCLRConfig:
     mochi_mix: int = 0
     mochi_mix_query: int = 0
     queue_length: int = 0
+    projector_batch_norm: bool = False
 
     def __post_init__(self) -> None:
         o = "SimCLRConfig"
@@ -174,7 +180,8 @@ class SimCLR(Method):
     def __init__(self, backbone: Backbone, config: SimCLRConfig):
         super().__init__(backbone, config)
         c = config
-        self.projector = mlp(backbone.feature_dim, c.proj_hidden_dim, c.proj_output_dim, 2, batch_norm=False)
+        self.projector = mlp(backbone.feature_dim, c.proj_hidden_dim, c.proj_output_dim, 2,
+                             batch_norm=c.projector_batch_norm)
         self.queue = Queue(1, c.queue_length, c.proj_output_dim, shared=True, random_init=True) if c.queue_length \
             else None
 
@@ -184,8 +191,14 @@ class SimCLR(Method):
         z1, z2 = self.projector(f1), self.projector(f2)
         mochi = (c.mochi_hardest, c.mochi_mix, c.mochi_mix_query) if c.mochi_hardest else None
         queue = self.queue.rows[0].clone() if self.queue is not None else None  # the enqueue below writes in place
-        loss = nt_xent_loss(z1, z2, c.temperature, decoupled=c.loss == "dcl", dcl_sigma=c.dcl_sigma, mochi=mochi,
-                            generator=progress.generator, queue=queue)
+        pair_loss = lambda a, b: nt_xent_loss(a, b, c.temperature, decoupled=c.loss == "dcl",  # noqa: E731
+                                              dcl_sigma=c.dcl_sigma, mochi=mochi, generator=progress.generator,
+                                              queue=queue)
+        loss = pair_loss(z1, z2)
+        local_crops = batch.views[max(2, batch.num_global):]
+        if local_crops:  # multi-crop: each local crop pairs with x1 and with x2
+            z_local = [self.projector(self.backbone(x)) for x in local_crops]
+            loss = (loss + sum(pair_loss(zl, zg) for zl in z_local for zg in (z1, z2))) / (1 + 2 * len(z_local))
         if self.queue is not None and self.training:  # after the loss: this batch's keys negate later batches only
             self.queue.push(F.normalize(z2.detach().float(), dim=1)[None])
         pos_sim = F.cosine_similarity(z1.detach().float(), z2.detach().float(), dim=1).mean()
