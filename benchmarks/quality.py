@@ -19,10 +19,10 @@ Measured (seed 0, ``--epochs 6 --width 32`` and the knob shown, AdamW 2e-3 for e
 0.853-0.864; twice the epochs (12, 35 minutes of training on one thread) adds +0.007 to both: linear 0.90 and kNN
 0.88 are not reached at these budgets. Multi-crop (``--local-views 4``: two 28 px and four 12 px crops, 4 epochs,
 the same compute as 6 of two views) and the paper's BN in the projector do not help here. With their own method
-options and this optimizer recipe the other joint-embedding methods trail SimCLR: all but SimSiam and VICReg beat
-raw pixels on the linear probe, none beats them on kNN by more than the 0.01 margin. DINO with its own options
-(momentum 0.996, 4096 outputs, multi-crop at the same compute as the others) ends below random init: its slow
-teacher has not started to teach in 936 steps:
+options and this optimizer recipe the other joint-embedding methods trail SimCLR: all but SimSiam, VICReg and DINO
+beat raw pixels on the linear probe, none beats them on kNN by more than the 0.01 margin. DINO with its own options
+(momentum 0.996, 4096 outputs, multi-crop at the same compute as the others) ends below random init (untested guess:
+its 0.996 teacher momentum is too slow for 936 steps; tutorial 05 uses 0.95):
 
     | method, knob                                   | linear | kNN k=20 |
     |------------------------------------------------|--------|----------|
