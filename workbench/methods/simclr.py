@@ -9,7 +9,7 @@ Pseudo-code, as written here::
     logits = a @ c.T / t, with each anchor's own column removed
     queue (MoCo, He et al. 2020): logits += a @ queue.T / t; after the loss, enqueue normalize(gather(z2)), FIFO
     loss = cross_entropy(logits, column of the other view of the same image)           # NT-Xent
-    multi-crop (Caron et al. 2020, SwAV Sec. 3.2 / Table 3 applies it to SimCLR): local crops l_1..l_V after the two
+    multi-crop (Caron et al. 2020: SwAV introduced it and applied it to SimCLR too): local crops l_1..l_V after the two
           global views; loss = mean of NT-Xent over the pairs (x1, x2), (l_v, x1), (l_v, x2)
     dcl:  loss = mean(-w * pos / t + logsumexp(logits without the positive column))   # DCL; w = 1
     dclw: w = 2 - exp(pos / sigma) / mean_batch(exp(pos / sigma))                       # DCLW weighting
