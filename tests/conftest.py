@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -34,6 +36,18 @@ def _blobs(split: str = "train", n: int = 128, size: int = 16, seed: int = 0):
     img = torch.where(inside[:, None], colours[labels][:, :, None, None].expand(-1, -1, size, size), img)
     return ImageDataset(img.clamp(0, 255).to(torch.uint8), labels, ["red", "green", "blue", "yellow"],
                         "engine_blobs", split)
+
+
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (``-n N``, on by default in pyproject.toml) each worker gets its share of the cores, so
+    N workers each running torch on every core do not oversubscribe the machine; subprocesses (notebook kernels,
+    CLI runs) inherit the setting through OMP_NUM_THREADS."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
