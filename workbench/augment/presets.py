@@ -145,7 +145,8 @@ def _strong(size: int) -> dict[str, Any]:
     return dict(size=size, jitter_p=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, grayscale_p=0.2)
 
 
-def _local_crops(size: int, extra: dict[str, Any], name: str, default_views: int) -> tuple[int, int, tuple, tuple]:
+def _local_crops(size: int, extra: dict[str, Any], name: str, default_views: int,
+                 default_global_scale: tuple[float, float]) -> tuple[int, int, tuple, tuple]:
     """Multi-crop keys shared by the presets that take them: (local_views, local_size, global_scale, local_scale);
     local crops default to ~3/8 of the global size and scale (0.05, 0.4) (DINO, SwAV)."""
     n_local = extra.pop("local_views", default_views)
@@ -154,12 +155,12 @@ def _local_crops(size: int, extra: dict[str, Any], name: str, default_views: int
         raise ConfigError(f"make_preset({name!r}).local_views={n_local!r} must be an integer >= 0")
     if not isinstance(local_size, int) or isinstance(local_size, bool) or local_size < 1:
         raise ConfigError(f"make_preset({name!r}).local_size={local_size!r} must be a positive integer (pixels)")
-    return n_local, local_size, tuple(extra.pop("global_scale", (0.08, 1.0) if name == "simclr" else (0.4, 1.0))), \
+    return n_local, local_size, tuple(extra.pop("global_scale", default_global_scale)), \
         tuple(extra.pop("local_scale", (0.05, 0.4)))
 
 
 def _simclr(size: int, small: bool, extra: dict[str, Any]) -> tuple[list[ViewOps], int]:
-    n_local, local_size, global_scale, local_scale = _local_crops(size, extra, "simclr", 0)
+    n_local, local_size, global_scale, local_scale = _local_crops(size, extra, "simclr", 0, (0.08, 1.0))
     view = ViewOps(size=size, scale=global_scale, jitter_p=0.8, brightness=0.8, contrast=0.8, saturation=0.8,
                    hue=0.2, grayscale_p=0.2, blur_p=0.0 if small else 0.5)
     local = dataclasses.replace(view, size=local_size, scale=local_scale)
@@ -174,7 +175,7 @@ def _byol(size: int, small: bool, extra: dict[str, Any]) -> tuple[list[ViewOps],
 
 
 def _dino(size: int, small: bool, extra: dict[str, Any]) -> tuple[list[ViewOps], int]:
-    n_local, local_size, global_scale, local_scale = _local_crops(size, extra, "dino", 6)
+    n_local, local_size, global_scale, local_scale = _local_crops(size, extra, "dino", 6, (0.4, 1.0))
     base = _strong(size)
     g1 = ViewOps(**base, scale=global_scale, blur_p=1.0)
     g2 = ViewOps(**base, scale=global_scale, blur_p=0.1, solarize_p=0.2)
